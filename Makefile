@@ -1,0 +1,40 @@
+# OmniScore — every target is listed by `make help`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+export OMNISCORE_HOME ?= $(CURDIR)/data
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-fast lint format bench clean
+
+help: ## List every target with what it does
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+$(BIN)/omniscore: pyproject.toml uv.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv>=0.5"
+	$(BIN)/uv sync --frozen --python $(BIN)/python
+	@touch $@
+
+install: $(BIN)/omniscore ## Create .venv from the lock file (uv sync --frozen)
+
+demo: install ## Run the main job on the embedded stores: generate → features → train → promote → serve
+	$(BIN)/omniscore demo
+
+test: install ## Run the whole test suite (what .ci/run calls)
+	$(BIN)/python -m pytest -q
+
+test-fast: install ## Run the suite without the slow end-to-end tests
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: install ## Check lint and formatting with ruff
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: install ## Fix lint and formatting with ruff
+	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
+
+bench: install ## Run the benchmarks and write docs/benchmarks.md
+	$(BIN)/python -m benchmarks.run
+
+clean: ## Remove .venv and the default $OMNISCORE_HOME (./data)
+	rm -rf $(VENV) data

@@ -1,0 +1,382 @@
+"""The feature catalog: every cross-channel feature's name, view, type and definition.
+
+One list serves the DuckDB pipeline (which must produce exactly these columns), the Feast
+feature views, the feature services, ``docs/features.md`` and the models. Windows are
+half-open ``[T - w, T)``: a snapshot stamped T uses only events strictly before T.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from feature_repo.schema import CHANNELS, PURCHASE_CHANNELS
+
+ACTIVITY_WINDOWS_DAYS: tuple[int, ...] = (7, 30, 90)
+LONG_WINDOW_DAYS = 90
+"""Window for transactions, engagement, attitudinal and cross-channel features."""
+TOUCH_WINDOW_HOURS = 72
+"""A purchase counts as cross-channel when another channel touched the customer this soon before."""
+CART_RECOVERY_HOURS = 24
+"""An add-to-cart not followed by a purchase (any channel) within this long is abandoned."""
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One feature column of a snapshot."""
+
+    name: str
+    view: str
+    dtype: str  # "float" or "string"
+    description: str
+    channel: str | None = None  # the channel it describes, for per-channel explanations
+
+
+VIEWS: dict[str, str] = {
+    "channel_activity": "Behavioral: customer-initiated activity per channel and window.",
+    "transactions": "Transactional: RFM overall and per ordering channel.",
+    "engagement": "Behavioral: response to messages, carts and browsing depth.",
+    "attitudinal": "Attitudinal: support contacts, complaints and ratings.",
+    "cross_channel": "Cross-channel: breadth, mix and journeys that span channels.",
+    "profile": "Demographic and profile attributes from the customers table.",
+}
+"""Feature views, one per signal family, with what each holds."""
+
+
+def _catalog() -> list[Feature]:
+    features: list[Feature] = []
+    add = features.append
+    for ch in CHANNELS:
+        for w in ACTIVITY_WINDOWS_DAYS:
+            add(
+                Feature(
+                    f"{ch}_events_{w}d",
+                    "channel_activity",
+                    "float",
+                    f"Customer-initiated events on {ch} in the {w} days before T.",
+                    ch,
+                )
+            )
+            add(
+                Feature(
+                    f"{ch}_active_days_{w}d",
+                    "channel_activity",
+                    "float",
+                    f"Distinct UTC days with a customer-initiated event on {ch} in the {w} days "
+                    "before T.",
+                    ch,
+                )
+            )
+        add(
+            Feature(
+                f"{ch}_days_since_last",
+                "channel_activity",
+                "float",
+                f"Days from the last customer-initiated event on {ch} to T (null if none).",
+                ch,
+            )
+        )
+    w = LONG_WINDOW_DAYS
+    for prefix, ch, where in [("", None, "on any channel")] + [
+        (f"{c}_", c, f"on {c}") for c in PURCHASE_CHANNELS
+    ]:
+        add(
+            Feature(
+                f"{prefix}purchases_{w}d",
+                "transactions",
+                "float",
+                f"Purchases {where} in the {w} days before T.",
+                ch,
+            )
+        )
+        add(
+            Feature(
+                f"{prefix}revenue_{w}d",
+                "transactions",
+                "float",
+                f"Sum of purchase amounts {where} in the {w} days before T.",
+                ch,
+            )
+        )
+        add(
+            Feature(
+                f"{prefix}avg_order_value_{w}d",
+                "transactions",
+                "float",
+                f"Revenue / purchases {where} in the {w} days before T (null if no purchase).",
+                ch,
+            )
+        )
+        add(
+            Feature(
+                f"{prefix}returns_{w}d",
+                "transactions",
+                "float",
+                f"Returns {where} in the {w} days before T.",
+                ch,
+            )
+        )
+        add(
+            Feature(
+                f"{prefix}return_rate_{w}d",
+                "transactions",
+                "float",
+                f"Returns / purchases {where} in the {w} days before T (null if no purchase).",
+                ch,
+            )
+        )
+        add(
+            Feature(
+                f"{prefix}days_since_last_purchase",
+                "transactions",
+                "float",
+                f"Days from the last purchase {where} to T (null if none).",
+                ch,
+            )
+        )
+    add(
+        Feature(
+            f"email_open_rate_{w}d",
+            "engagement",
+            "float",
+            f"email_open / email_send in the {w} days before T (null if nothing sent).",
+            "email",
+        )
+    )
+    add(
+        Feature(
+            f"email_click_rate_{w}d",
+            "engagement",
+            "float",
+            f"email_click / email_send in the {w} days before T (null if nothing sent).",
+            "email",
+        )
+    )
+    add(
+        Feature(
+            f"push_open_rate_{w}d",
+            "engagement",
+            "float",
+            f"push_open / push_send in the {w} days before T (null if nothing sent).",
+            "push",
+        )
+    )
+    add(
+        Feature(
+            f"sms_click_rate_{w}d",
+            "engagement",
+            "float",
+            f"sms_click / sms_send in the {w} days before T (null if nothing sent).",
+            "sms",
+        )
+    )
+    add(
+        Feature(
+            f"cart_abandonment_rate_{w}d",
+            "engagement",
+            "float",
+            f"Share of add_to_cart events in the {w} days before T with no purchase on any "
+            f"channel within {CART_RECOVERY_HOURS} h after them and before T (null if no cart).",
+        )
+    )
+    add(
+        Feature(
+            "sessions_30d",
+            "engagement",
+            "float",
+            "Web and app sessions started in the 30 days before T. A session is a "
+            "(channel, session_id), or a (channel, UTC day) for events without a session_id.",
+        )
+    )
+    add(
+        Feature(
+            "product_views_per_session_30d",
+            "engagement",
+            "float",
+            "product_view events / sessions in the 30 days before T (null if no session).",
+        )
+    )
+    add(
+        Feature(
+            f"support_contacts_{w}d",
+            "attitudinal",
+            "float",
+            f"support_contact events in the {w} days before T.",
+        )
+    )
+    add(
+        Feature(
+            f"complaints_{w}d", "attitudinal", "float", f"complaint events in the {w} days before T."
+        )
+    )
+    add(
+        Feature(
+            f"avg_rating_{w}d",
+            "attitudinal",
+            "float",
+            f"Mean rating of reviews and survey responses in the {w} days before T (null if none).",
+        )
+    )
+    add(
+        Feature(
+            f"low_ratings_{w}d",
+            "attitudinal",
+            "float",
+            f"Reviews and survey responses rated 2 or lower in the {w} days before T.",
+        )
+    )
+    add(
+        Feature(
+            f"active_channels_{w}d",
+            "cross_channel",
+            "float",
+            f"Distinct channels with a customer-initiated event in the {w} days before T.",
+        )
+    )
+    add(
+        Feature(
+            f"channel_entropy_{w}d",
+            "cross_channel",
+            "float",
+            f"Shannon entropy (bits) of customer-initiated events over channels in the {w} days "
+            "before T (0 for one channel, null if no event).",
+        )
+    )
+    add(
+        Feature(
+            f"online_revenue_share_{w}d",
+            "cross_channel",
+            "float",
+            f"Share of revenue in the {w} days before T placed on online channels "
+            "(null if no revenue); the rest is offline (store, call centre).",
+        )
+    )
+    add(
+        Feature(
+            f"preferred_channel_{w}d",
+            "cross_channel",
+            "string",
+            f"Channel with the most customer-initiated events in the {w} days before T "
+            "(ties go to the alphabetically first; null if no event).",
+        )
+    )
+    add(
+        Feature(
+            f"cross_channel_purchase_rate_{w}d",
+            "cross_channel",
+            "float",
+            f"Share of purchases in the {w} days before T preceded within {TOUCH_WINDOW_HOURS} h "
+            "by a customer-initiated event on another channel (null if no purchase).",
+        )
+    )
+    add(
+        Feature(
+            f"web_to_store_purchase_rate_{w}d",
+            "cross_channel",
+            "float",
+            f"Share of store purchases in the {w} days before T preceded within "
+            f"{TOUCH_WINDOW_HOURS} h by a web event (null if no store purchase).",
+        )
+    )
+    add(
+        Feature(
+            f"email_to_app_purchase_rate_{w}d",
+            "cross_channel",
+            "float",
+            f"Share of app purchases in the {w} days before T preceded within "
+            f"{TOUCH_WINDOW_HOURS} h by an email event (null if no app purchase).",
+        )
+    )
+    add(
+        Feature(
+            f"channel_switches_{w}d",
+            "cross_channel",
+            "float",
+            f"Sessions started in the {w} days before T whose channel differs from the "
+            "customer's previous session (on any channel, at any earlier time).",
+        )
+    )
+    add(
+        Feature(
+            "events_trend_30d",
+            "cross_channel",
+            "float",
+            "ln((events in [T-30d, T) + 1) / (events in [T-60d, T-30d) + 1)), customer-initiated.",
+        )
+    )
+    add(
+        Feature(
+            "revenue_trend_30d",
+            "cross_channel",
+            "float",
+            "ln((revenue in [T-30d, T) + 1) / (revenue in [T-60d, T-30d) + 1)).",
+        )
+    )
+    add(
+        Feature(
+            "tenure_days",
+            "profile",
+            "float",
+            "Days from signup to T; from the first event when the customers table lacks one.",
+        )
+    )
+    for col, what in [
+        ("region", "Region from the customers table."),
+        ("age_band", "Age band from the customers table."),
+        ("loyalty_tier", "Loyalty tier from the customers table."),
+        ("preferred_device", "Preferred device from the customers table."),
+    ]:
+        add(Feature(col, "profile", "string", what))
+    return features
+
+
+FEATURES: tuple[Feature, ...] = tuple(_catalog())
+FEATURES_BY_NAME: dict[str, Feature] = {f.name: f for f in FEATURES}
+FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
+CATEGORICAL_FEATURES: tuple[str, ...] = tuple(f.name for f in FEATURES if f.dtype == "string")
+RFM_FEATURES: tuple[str, ...] = (
+    f"purchases_{LONG_WINDOW_DAYS}d",
+    f"revenue_{LONG_WINDOW_DAYS}d",
+    f"avg_order_value_{LONG_WINDOW_DAYS}d",
+    "days_since_last_purchase",
+)
+"""Recency, frequency and monetary value: the classic baseline's inputs."""
+
+
+def features_of_view(view: str) -> list[Feature]:
+    """The features a feature view holds, in catalog order."""
+    return [f for f in FEATURES if f.view == view]
+
+
+SEGMENT_FEATURES: tuple[str, ...] = (
+    *(f"{ch}_events_90d" for ch in CHANNELS),
+    "purchases_90d",
+    "revenue_90d",
+    "avg_order_value_90d",
+    "days_since_last_purchase",
+    "email_open_rate_90d",
+    "cart_abandonment_rate_90d",
+    "support_contacts_90d",
+    "avg_rating_90d",
+    "active_channels_90d",
+    "channel_entropy_90d",
+    "online_revenue_share_90d",
+    "events_trend_30d",
+    "tenure_days",
+)
+"""Compact behavioural description used to learn segments (served as ``segments_v1``)."""
+
+FEATURE_SERVICES: dict[str, str] = {
+    "propensity_v1": "All cross-channel features, for the purchase-propensity model.",
+    "churn_v1": "All cross-channel features, for the churn-risk model.",
+    "segments_v1": "Compact channel-mix, value and engagement features for segmentation.",
+}
+"""Model contracts: training and serving fetch features by these names."""
+
+
+def service_features(service: str) -> list[str]:
+    """Feature names of a feature service, in catalog order."""
+    if service in ("propensity_v1", "churn_v1"):
+        return list(FEATURE_NAMES)
+    if service == "segments_v1":
+        return [n for n in FEATURE_NAMES if n in SEGMENT_FEATURES]
+    raise KeyError(f"unknown feature service {service!r}; known: {sorted(FEATURE_SERVICES)}")
