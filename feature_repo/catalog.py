@@ -205,7 +205,10 @@ def _catalog() -> list[Feature]:
     )
     add(
         Feature(
-            f"complaints_{w}d", "attitudinal", "float", f"complaint events in the {w} days before T."
+            f"complaints_{w}d",
+            "attitudinal",
+            "float",
+            f"complaint events in the {w} days before T.",
         )
     )
     add(
@@ -274,7 +277,7 @@ def _catalog() -> list[Feature]:
             "cross_channel",
             "float",
             f"Share of store purchases in the {w} days before T preceded within "
-            f"{TOUCH_WINDOW_HOURS} h by a web event (null if no store purchase).",
+            f"{TOUCH_WINDOW_HOURS} h by a customer-initiated web event (null if no store purchase).",
         )
     )
     add(
@@ -283,7 +286,7 @@ def _catalog() -> list[Feature]:
             "cross_channel",
             "float",
             f"Share of app purchases in the {w} days before T preceded within "
-            f"{TOUCH_WINDOW_HOURS} h by an email event (null if no app purchase).",
+            f"{TOUCH_WINDOW_HOURS} h by an email open or click (null if no app purchase).",
         )
     )
     add(

@@ -1,0 +1,594 @@
+"""Point-in-time cross-channel features: DuckDB SQL over the canonical event store.
+
+A snapshot stamped T describes each customer using only events strictly before T. Snapshot
+times are UTC midnights, so every window ``[T - w, T)`` is a union of whole UTC days; that lets
+the pipeline aggregate each customer-day once and then sum days into windows, instead of
+re-reading every event for every snapshot.
+
+Every feature is a decomposable aggregate (a count, a sum, a max of timestamps, or a ratio of
+such) over per-customer-day partials. A stream processor can therefore keep the same
+definitions live: fold each new event into today's partial row, and recompute a customer's
+features from the last 90 daily partials plus the running "last seen" timestamps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from feature_repo.catalog import (
+    ACTIVITY_WINDOWS_DAYS,
+    CART_RECOVERY_HOURS,
+    FEATURE_NAMES,
+    LONG_WINDOW_DAYS,
+    TOUCH_WINDOW_HOURS,
+    VIEWS,
+    features_of_view,
+)
+from feature_repo.config import Settings
+from feature_repo.events import events_relation_sql, read_customers
+from feature_repo.schema import (
+    CHANNELS,
+    CUSTOMER_INITIATED_FAMILIES,
+    EVENT_TYPES,
+    ONLINE_CHANNELS,
+    PURCHASE_CHANNELS,
+)
+
+SESSION_CHANNELS = ("web", "app")
+RATED_TYPES = ("review", "survey_response")
+SNAPSHOT_KEY = ["customer_id", "event_timestamp"]
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    """What one ``features build`` wrote."""
+
+    snapshots: list[pd.Timestamp]
+    rows: int
+    customers: int
+    seconds: float
+    files: list[str]
+
+
+def snapshot_times(
+    start: datetime | str, end: datetime | str, every: str | pd.Timedelta = "7D"
+) -> list[pd.Timestamp]:
+    """Snapshot times from ``start`` to ``end`` inclusive, every ``every``, as UTC midnights."""
+    first, last = _utc(start), _utc(end)
+    step = pd.Timedelta(every)
+    if step < pd.Timedelta(days=1) or step % pd.Timedelta(days=1):
+        raise ValueError(f"--every must be a whole number of days, got {every!r}")
+    if last < first:
+        raise ValueError(f"--end ({last.date()}) is before --start ({first.date()})")
+    times = list(pd.date_range(first, last, freq=step))
+    _check_midnights(times)
+    return times
+
+
+def _utc(value: datetime | str) -> pd.Timestamp:
+    stamp = pd.Timestamp(value)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
+def _check_midnights(times: Sequence[pd.Timestamp]) -> None:
+    # Windows are built from whole UTC days; a T inside a day would let that day's later
+    # events leak into the snapshot.
+    off = [t for t in times if t != t.normalize()]
+    if off:
+        raise ValueError(f"snapshot times must be UTC midnights; got {off[0]}")
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _lit(values: Sequence[str]) -> str:
+    return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+
+
+_CHANNEL_CODE = {ch: i for i, ch in enumerate(CHANNELS)}
+_TYPE_CODE = {t: i for i, t in enumerate(EVENT_TYPES)}
+_US_PER_HOUR = 3_600_000_000
+_US_PER_DAY = 86_400_000_000
+
+
+def _case(column: str, codes: dict[str, int]) -> str:
+    arms = " ".join(f"WHEN {_lit([k])} THEN {v}" for k, v in codes.items())
+    # Values outside the default vocabulary share code -1: they still count as "another
+    # channel" for journeys and switches, but get no per-channel feature of their own.
+    return f"CASE {column} {arms} ELSE -1 END"
+
+
+def _event_sql(events: str) -> str:
+    """Event-level SQL: integer codes, and the flags that need neighbouring events.
+
+    Cross-channel and cart flags look only at a fixed span around their own event, so a
+    snapshot at T can use them without seeing past T (the cart flag is re-checked against T).
+    """
+    initiated = _lit(sorted(f.value for f in CUSTOMER_INITIATED_FAMILIES))
+    purchase, cart = _TYPE_CODE["purchase"], _TYPE_CODE["add_to_cart"]
+    web, email = _CHANNEL_CODE["web"], _CHANNEL_CODE["email"]
+    probe_channels = ", ".join(str(c) for c in [-1, *_CHANNEL_CODE.values()])
+    return f"""
+    CREATE TEMP TABLE ids AS
+    SELECT customer_id, (row_number() OVER (ORDER BY customer_id) - 1)::INTEGER AS cust
+    FROM (SELECT customer_id FROM customers UNION SELECT DISTINCT customer_id FROM {events});
+
+    CREATE TEMP TABLE ev AS
+    SELECT row_number() OVER () AS eid, i.cust,
+           epoch_us(e.event_timestamp) AS ts,
+           (epoch_us(e.event_timestamp) // {_US_PER_DAY})::INTEGER AS day,
+           ({_case("e.channel", _CHANNEL_CODE)})::TINYINT AS ch,
+           ({_case("e.event_type", _TYPE_CODE)})::TINYINT AS typ,
+           e.family IN ({initiated}) AS initiated,
+           e.amount, e.rating,
+           CASE WHEN e.session_id IS NOT NULL THEN hash(e.session_id) END AS session_key
+    FROM {events} e JOIN ids i USING (customer_id);
+
+    CREATE TEMP TABLE touch AS
+    WITH p AS (SELECT eid, cust, ts, ch AS pch FROM ev WHERE typ = {purchase}),
+         probe AS (SELECT p.*, c.ch FROM p CROSS JOIN (SELECT unnest([{probe_channels}]) AS ch) c),
+         t AS (SELECT cust, ch, ts FROM ev WHERE initiated)
+    SELECT probe.eid,
+           bool_or(probe.ch <> probe.pch AND t.ts >= probe.ts - {TOUCH_WINDOW_HOURS * _US_PER_HOUR})
+             AS touched_other,
+           bool_or(probe.ch = {web} AND t.ts >= probe.ts - {TOUCH_WINDOW_HOURS * _US_PER_HOUR})
+             AS web_touch,
+           bool_or(probe.ch = {email} AND t.ts >= probe.ts - {TOUCH_WINDOW_HOURS * _US_PER_HOUR})
+             AS email_touch
+    FROM probe ASOF LEFT JOIN t ON probe.cust = t.cust AND probe.ch = t.ch AND probe.ts > t.ts
+    GROUP BY probe.eid;
+
+    CREATE TEMP TABLE cart_recovery AS
+    SELECT c.eid,
+           CASE WHEN p.ts <= c.ts + {CART_RECOVERY_HOURS * _US_PER_HOUR} THEN p.ts END
+             AS recovered_at
+    FROM (SELECT eid, cust, ts FROM ev WHERE typ = {cart}) c
+    ASOF LEFT JOIN (SELECT cust, ts FROM ev WHERE typ = {purchase}) p
+      ON c.cust = p.cust AND c.ts < p.ts;
+    """
+
+
+_FETCH_EVENTS_SQL = """
+SELECT ev.cust, ev.ts, ev.day, ev.ch, ev.typ, ev.initiated,
+       coalesce(ev.amount, 0)::DOUBLE AS amount, coalesce(ev.rating, 'NaN'::DOUBLE) AS rating,
+       coalesce(t.touched_other, false) AS touched_other,
+       coalesce(t.web_touch, false) AS web_touch,
+       coalesce(t.email_touch, false) AS email_touch,
+       coalesce(r.recovered_at, -1) AS recovered_at
+FROM ev LEFT JOIN touch t USING (eid) LEFT JOIN cart_recovery r USING (eid)
+"""
+
+# A session is a (channel, session_id), or a (channel, UTC day) for events without an id;
+# its start is its first event, so events after T never move a session that began before T.
+_FETCH_SESSIONS_SQL = """
+SELECT cust, start_day AS day, ch,
+       coalesce(lag(ch) OVER (PARTITION BY cust ORDER BY start_ts, ch, session_key, sday), -100)
+         AS prev_ch
+FROM (
+    SELECT cust, ch, session_key, CASE WHEN session_key IS NULL THEN day END AS sday,
+           min(ts) AS start_ts, min(day) AS start_day
+    FROM ev WHERE initiated GROUP BY ALL
+)
+"""
+
+_FETCH_CUSTOMERS_SQL = """
+SELECT i.cust, i.customer_id, epoch_us(c.signup_date) AS signup_us
+FROM ids i LEFT JOIN customers c USING (customer_id) ORDER BY i.cust
+"""
+
+
+def _running(op: np.ufunc, rows: np.ndarray) -> np.ndarray:
+    """In-place running ``op`` down the rows (several times faster than ``accumulate``)."""
+    for i in range(1, len(rows)):
+        op(rows[i - 1], rows[i], out=rows[i])
+    return rows
+
+
+class _Accumulator:
+    """Cumulative per-customer sums at snapshot boundaries: C(t) = sum of x over days < t.
+
+    A window ``[T - w, T)`` is then ``C(T) - C(T - w)``, so every event is touched once no
+    matter how many snapshots overlap it. Arrays are boundary-major (boundaries × customers)
+    so that the running sums are vector operations.
+    """
+
+    def __init__(self, n_customers: int, boundaries: np.ndarray) -> None:
+        self.n_customers = n_customers
+        self.boundaries = boundaries
+        self.width = len(boundaries) + 1
+
+    def keys(self, cust: np.ndarray, day: np.ndarray) -> np.ndarray:
+        """Flat cell of each item: its bucket (boundaries at or before its day) and customer."""
+        bucket = np.searchsorted(self.boundaries, day, side="right").astype(np.int64)
+        return bucket * self.n_customers + cust
+
+    def cumulative(self, keys: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        flat = np.bincount(keys, weights=weights, minlength=self.width * self.n_customers)
+        return _running(np.add, flat.reshape(self.width, self.n_customers))
+
+    def latest(self, keys: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """Latest ``ts`` with day < boundary, per boundary and customer (-1 when none)."""
+        dense = np.full(self.width * self.n_customers, -1, dtype=np.int64)
+        np.maximum.at(dense, keys, ts)
+        return _running(np.maximum, dense.reshape(self.width, self.n_customers))
+
+    def row(self, day: int) -> int:
+        """Row of a cumulative array holding the sums over days before ``day``."""
+        return int(np.searchsorted(self.boundaries, day, side="left"))
+
+
+def _window_columns(
+    ev: dict[str, np.ndarray],
+    sessions: dict[str, np.ndarray],
+    acc: _Accumulator,
+    t_days: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """Every window sum and last-seen timestamp as (customers × snapshots) arrays."""
+    long = LONG_WINDOW_DAYS
+    cust, day, ch, typ = ev["cust"], ev["day"], ev["ch"], ev["typ"]
+    initiated, amount = ev["initiated"], ev["amount"]
+    keys = acc.keys(cust, day)
+    out: dict[str, np.ndarray] = {}
+
+    def at(cum: np.ndarray, offset_days: int) -> np.ndarray:
+        return cum[[acc.row(t - offset_days) for t in t_days], :]
+
+    def windows(name: str, mask: np.ndarray, weights=None, spans=(long,)) -> None:
+        w = None if weights is None else weights[mask]
+        cum = acc.cumulative(keys[mask], w)
+        now = at(cum, 0)
+        for span in spans:
+            out[f"{name}__{span}"] = now - at(cum, span)
+
+    def latest(name: str, mask: np.ndarray) -> None:
+        out[name] = at(acc.latest(keys[mask], ev["ts"][mask]), 0)
+
+    is_type = {t: typ == code for t, code in _TYPE_CODE.items()}
+    purchase, ret = is_type["purchase"], is_type["return"]
+
+    def trend(name: str, cum: np.ndarray) -> None:
+        out[f"{name}__{long}"] = at(cum, 0) - at(cum, long)
+        out[f"{name}__30"] = at(cum, 0) - at(cum, 30)
+        out[f"{name}__prev30"] = at(cum, 30) - at(cum, 60)
+
+    trend("n_all", acc.cumulative(keys[initiated]))
+    for name, code in _CHANNEL_CODE.items():
+        on = initiated & (ch == code)
+        windows(f"n_{name}", on, spans=ACTIVITY_WINDOWS_DAYS)
+        latest(f"last_{name}", on)
+    windows("purch", purchase)
+    trend("rev", acc.cumulative(keys[purchase], amount[purchase]))
+    windows("ret", ret)
+    latest("last_purch", purchase)
+    online = np.isin(ch, [_CHANNEL_CODE[c] for c in ONLINE_CHANNELS])
+    windows("rev_online", purchase & online, amount)
+    for name in PURCHASE_CHANNELS:
+        on = ch == _CHANNEL_CODE[name]
+        windows(f"purch_{name}", purchase & on)
+        windows(f"rev_{name}", purchase & on, amount)
+        windows(f"ret_{name}", ret & on)
+        latest(f"last_purch_{name}", purchase & on)
+    for event_type in (
+        "email_send",
+        "email_open",
+        "email_click",
+        "push_send",
+        "push_open",
+        "sms_send",
+        "sms_click",
+        "support_contact",
+        "complaint",
+    ):
+        windows(event_type, is_type[event_type])
+    session_channel = np.isin(ch, [_CHANNEL_CODE[c] for c in SESSION_CHANNELS])
+    windows("product_views", is_type["product_view"] & session_channel, spans=(30,))
+    rated = (is_type["review"] | is_type["survey_response"]) & ~np.isnan(ev["rating"])
+    windows("rating_sum", rated, ev["rating"])
+    windows("rating_n", rated)
+    windows("low_ratings", rated & (ev["rating"] <= 2))
+    windows("xch_purch", purchase & ev["touched_other"])
+    windows("store_purch_web", purchase & (ch == _CHANNEL_CODE["store"]) & ev["web_touch"])
+    windows("app_purch_email", purchase & (ch == _CHANNEL_CODE["app"]) & ev["email_touch"])
+
+    # Active days: each distinct (customer, channel, day) counts once.
+    day0 = int(day.min()) if len(day) else 0
+    span_days = int(day.max()) - day0 + 1 if len(day) else 1
+    known = initiated & (ch >= 0)
+    packed = (cust[known].astype(np.int64) * len(CHANNELS) + ch[known]) * span_days + (
+        day[known] - day0
+    )
+    packed.sort()
+    distinct = (
+        packed[np.concatenate(([True], packed[1:] != packed[:-1]))] if len(packed) else packed
+    )
+    d_day = (distinct % span_days + day0).astype(np.int64)
+    d_rest = distinct // span_days
+    d_cust, d_ch = d_rest // len(CHANNELS), d_rest % len(CHANNELS)
+    for name, code in _CHANNEL_CODE.items():
+        on = d_ch == code
+        cum = acc.cumulative(acc.keys(d_cust[on], d_day[on]))
+        now = at(cum, 0)
+        for span in ACTIVITY_WINDOWS_DAYS:
+            out[f"days_{name}__{span}"] = now - at(cum, span)
+
+    # Carts: abandoned at T unless recovered before T.
+    carts = is_type["add_to_cart"]
+    cum_carts = acc.cumulative(keys[carts])
+    recovered = carts & (ev["recovered_at"] >= 0)
+    by_recovery = acc.cumulative(
+        acc.keys(cust[recovered], ev["recovered_at"][recovered] // _US_PER_DAY)
+    )
+    by_cart = acc.cumulative(keys[recovered])
+    out["carts"] = at(cum_carts, 0) - at(cum_carts, long)
+    out["abandoned"] = out["carts"] - (at(by_recovery, 0) - at(by_cart, long))
+
+    s_cust, s_day, s_ch, s_prev = (sessions[k] for k in ("cust", "day", "ch", "prev_ch"))
+    web_app = np.isin(s_ch, [_CHANNEL_CODE[c] for c in SESSION_CHANNELS])
+    cum = acc.cumulative(acc.keys(s_cust[web_app], s_day[web_app]))
+    out["sessions__30"] = at(cum, 0) - at(cum, 30)
+    switch = (s_prev != -100) & (s_prev != s_ch)
+    cum = acc.cumulative(acc.keys(s_cust[switch], s_day[switch]))
+    out[f"switches__{long}"] = at(cum, 0) - at(cum, long)
+
+    first = np.full(acc.n_customers, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first, cust, ev["ts"])
+    out["first_ts"] = np.repeat(first[None, :], len(t_days), axis=0)
+    return out
+
+
+def _fetch(con: duckdb.DuckDBPyConnection, sql: str) -> dict[str, np.ndarray]:
+    table = con.sql(sql).to_arrow_table()
+    return {name: table.column(name).to_numpy() for name in table.column_names}
+
+
+def compute_snapshots(
+    events: pa.Table | pd.DataFrame | str,
+    customers: pd.DataFrame,
+    times: Sequence[datetime | str | pd.Timestamp],
+) -> pd.DataFrame:
+    """One row per (customer, T) with every catalog feature, using only events before T.
+
+    ``events`` is canonical events (a frame, an Arrow table, or a DuckDB relation expression
+    such as ``read_parquet([...])``); ``customers`` the profile table. A customer appears at T
+    when they signed up before T or have any event before T. Returns ``customer_id``,
+    ``event_timestamp`` (= T, UTC) and the features in catalog order.
+    """
+    stamps = sorted({_utc(t) for t in times})
+    if not stamps:
+        raise ValueError("no snapshot times given")
+    _check_midnights(stamps)
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        # Row order never matters here, and letting DuckDB drop it saves sorts and memory.
+        con.execute("SET preserve_insertion_order = false")
+        if isinstance(events, str):
+            source = events
+        else:
+            con.register("events_in", events)
+            source = "events_in"
+        con.register("customers", customers[["customer_id", "signup_date"]])
+        con.execute(_event_sql(source))
+        ev = _fetch(con, _FETCH_EVENTS_SQL)
+        sessions = _fetch(con, _FETCH_SESSIONS_SQL)
+        ids = _fetch(con, _FETCH_CUSTOMERS_SQL)
+    finally:
+        con.close()
+
+    t_days = np.array([t.value // (_US_PER_DAY * 1000) for t in stamps], dtype=np.int64)
+    offsets = np.array([0, *ACTIVITY_WINDOWS_DAYS, 60, LONG_WINDOW_DAYS], dtype=np.int64)
+    boundaries = np.unique((t_days[:, None] - offsets[None, :]).ravel())
+    acc = _Accumulator(len(ids["cust"]), boundaries)
+    columns = _window_columns(ev, sessions, acc, t_days)
+
+    # Rows are snapshot-major, customers in id order (codes follow sorted customer_id).
+    t_us = t_days * _US_PER_DAY
+    signup = ids["signup_us"]
+    signup = np.where(pd.isna(signup), np.iinfo(np.int64).max, signup).astype(np.int64)
+    first = columns["first_ts"][0]
+    present = (signup[None, :] < t_us[:, None]) | (first[None, :] < t_us[:, None])
+    t_index, c_index = np.nonzero(present)
+
+    def pick(values: np.ndarray) -> np.ndarray:
+        return values[t_index, c_index]
+
+    def as_time(us: np.ndarray, missing: np.ndarray) -> pd.Series:
+        stamps = np.where(missing, np.datetime64("NaT"), us.astype("datetime64[us]"))
+        return pd.Series(pd.to_datetime(stamps))
+
+    frame = {"T": pd.to_datetime(t_us[t_index].astype("datetime64[us]"))}
+    for name, values in columns.items():
+        if name.startswith("last_") or name == "first_ts":
+            raw = pick(values)
+            missing = (raw < 0) | (raw == np.iinfo(np.int64).max)
+            frame[name] = as_time(raw, missing)
+        else:
+            frame[name] = pick(values)
+    signup_rows = signup[c_index]
+    frame["signup_date"] = as_time(signup_rows, signup_rows == np.iinfo(np.int64).max)
+    frame["customer_id"] = ids["customer_id"][c_index]
+    f = pd.DataFrame(frame)
+    profile = customers.drop(columns=["signup_date"]).drop_duplicates("customer_id")
+    f = f.merge(profile, on="customer_id", how="left")
+    return _derive(f)
+
+
+def _days_between(later: pd.Series, earlier: pd.Series) -> np.ndarray:
+    delta = pd.to_datetime(later) - pd.to_datetime(earlier)
+    return (delta.dt.total_seconds() / 86400.0).to_numpy(dtype="float64")
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
+def _derive(f: pd.DataFrame) -> pd.DataFrame:
+    """Turn window sums and last-seen timestamps into the catalog's features."""
+    long = LONG_WINDOW_DAYS
+
+    def total(col: str) -> np.ndarray:
+        return f[col].fillna(0).to_numpy(dtype="float64") if col in f else np.zeros(len(f))
+
+    out: dict[str, np.ndarray | pd.Series] = {}
+    for ch in CHANNELS:
+        for w in ACTIVITY_WINDOWS_DAYS:
+            out[f"{ch}_events_{w}d"] = total(f"n_{ch}__{w}")
+            out[f"{ch}_active_days_{w}d"] = total(f"days_{ch}__{w}")
+        out[f"{ch}_days_since_last"] = _days_between(f["T"], f[f"last_{ch}"])
+    for prefix, key in [("", "")] + [(f"{c}_", f"_{c}") for c in PURCHASE_CHANNELS]:
+        purchases = total(f"purch{key}__{long}")
+        revenue = total(f"rev{key}__{long}")
+        returns = total(f"ret{key}__{long}")
+        out[f"{prefix}purchases_{long}d"] = purchases
+        out[f"{prefix}revenue_{long}d"] = revenue
+        out[f"{prefix}avg_order_value_{long}d"] = _ratio(revenue, purchases)
+        out[f"{prefix}returns_{long}d"] = returns
+        out[f"{prefix}return_rate_{long}d"] = _ratio(returns, purchases)
+        out[f"{prefix}days_since_last_purchase"] = _days_between(f["T"], f[f"last_purch{key}"])
+    for name, num, den in [
+        ("email_open_rate", "email_open", "email_send"),
+        ("email_click_rate", "email_click", "email_send"),
+        ("push_open_rate", "push_open", "push_send"),
+        ("sms_click_rate", "sms_click", "sms_send"),
+    ]:
+        out[f"{name}_{long}d"] = _ratio(total(f"{num}__{long}"), total(f"{den}__{long}"))
+    out[f"cart_abandonment_rate_{long}d"] = _ratio(total("abandoned"), total("carts"))
+    out["sessions_30d"] = total("sessions__30")
+    out["product_views_per_session_30d"] = _ratio(total("product_views__30"), total("sessions__30"))
+    out[f"support_contacts_{long}d"] = total(f"support_contact__{long}")
+    out[f"complaints_{long}d"] = total(f"complaint__{long}")
+    out[f"avg_rating_{long}d"] = _ratio(total(f"rating_sum__{long}"), total(f"rating_n__{long}"))
+    out[f"low_ratings_{long}d"] = total(f"low_ratings__{long}")
+
+    counts = np.column_stack([out[f"{ch}_events_{long}d"] for ch in CHANNELS])
+    events = counts.sum(axis=1)
+    out[f"active_channels_{long}d"] = (counts > 0).sum(axis=1).astype("float64")
+    shares = counts / np.where(events > 0, events, 1)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bits = np.where(shares > 0, -shares * np.log2(np.where(shares > 0, shares, 1)), 0.0)
+    out[f"channel_entropy_{long}d"] = np.where(events > 0, bits.sum(axis=1) + 0.0, np.nan)
+    revenue = out[f"revenue_{long}d"]
+    out[f"online_revenue_share_{long}d"] = _ratio(total(f"rev_online__{long}"), revenue)
+    alphabetical = sorted(CHANNELS)
+    ordered = np.column_stack([out[f"{ch}_events_{long}d"] for ch in alphabetical])
+    preferred = np.array(alphabetical, dtype=object)[ordered.argmax(axis=1)]
+    out[f"preferred_channel_{long}d"] = pd.array(
+        np.where(events > 0, preferred, None), dtype="string"
+    )
+    purchases = out[f"purchases_{long}d"]
+    out[f"cross_channel_purchase_rate_{long}d"] = _ratio(total(f"xch_purch__{long}"), purchases)
+    out[f"web_to_store_purchase_rate_{long}d"] = _ratio(
+        total(f"store_purch_web__{long}"), out[f"store_purchases_{long}d"]
+    )
+    out[f"email_to_app_purchase_rate_{long}d"] = _ratio(
+        total(f"app_purch_email__{long}"), out[f"app_purchases_{long}d"]
+    )
+    out[f"channel_switches_{long}d"] = total(f"switches__{long}")
+    out["events_trend_30d"] = np.log((total("n_all__30") + 1) / (total("n_all__prev30") + 1))
+    out["revenue_trend_30d"] = np.log((total("rev__30") + 1) / (total("rev__prev30") + 1))
+    started = f["signup_date"].where(f["signup_date"].notna(), f["first_ts"])
+    out["tenure_days"] = _days_between(f["T"], started)
+    for col in ("region", "age_band", "loyalty_tier", "preferred_device"):
+        out[col] = (
+            f[col].astype("string") if col in f else pd.array([None] * len(f), dtype="string")
+        )
+
+    result = pd.DataFrame(
+        {
+            "customer_id": f["customer_id"].astype("string").to_numpy(),
+            "event_timestamp": pd.to_datetime(f["T"]).dt.tz_localize("UTC").to_numpy(),
+        }
+    )
+    features = pd.DataFrame({name: out[name] for name in FEATURE_NAMES})
+    result = pd.concat([result, features], axis=1)
+    result["event_timestamp"] = pd.to_datetime(result["event_timestamp"], utc=True)
+    return result
+
+
+def write_snapshots(settings: Settings, snapshots: pd.DataFrame, built_at: datetime) -> list[str]:
+    """Merge snapshots into one Parquet file per feature view, replacing same-T rows."""
+    settings.features_dir.mkdir(parents=True, exist_ok=True)
+    new_times = set(snapshots["event_timestamp"].unique())
+    written = []
+    for view in VIEWS:
+        columns = [f.name for f in features_of_view(view)]
+        part = snapshots[SNAPSHOT_KEY + columns].copy()
+        part.insert(2, "created_timestamp", pd.Timestamp(built_at).tz_convert("UTC"))
+        path = settings.features_dir / f"{view}.parquet"
+        if path.exists():
+            kept = pq.read_table(path).to_pandas()
+            kept = kept[~kept["event_timestamp"].isin(new_times)]
+            part = pd.concat([kept, part], ignore_index=True)
+        part = part.sort_values(SNAPSHOT_KEY, kind="stable").reset_index(drop=True)
+        table = pa.Table.from_pandas(part, schema=_view_schema(view), preserve_index=False)
+        tmp = path.with_suffix(".tmp")
+        pq.write_table(table, tmp, compression="zstd")
+        tmp.rename(path)
+        written.append(str(path))
+    return written
+
+
+def _view_schema(view: str) -> pa.Schema:
+    fields = [
+        pa.field("customer_id", pa.string()),
+        pa.field("event_timestamp", pa.timestamp("us", tz="UTC")),
+        pa.field("created_timestamp", pa.timestamp("us", tz="UTC")),
+    ]
+    for feature in features_of_view(view):
+        fields.append(
+            pa.field(feature.name, pa.string() if feature.dtype == "string" else pa.float64())
+        )
+    return pa.schema(fields)
+
+
+def read_snapshots(settings: Settings, view: str) -> pd.DataFrame:
+    """All stored snapshots of one feature view."""
+    return pq.read_table(settings.features_dir / f"{view}.parquet").to_pandas()
+
+
+def default_snapshot_range(
+    settings: Settings, weeks: int = 26
+) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """The last ``weeks`` weekly UTC midnights up to the day after the newest event."""
+    con = duckdb.connect()
+    newest = con.execute(
+        f"SELECT max(event_timestamp) FROM {events_relation_sql(settings)}"
+    ).fetchone()
+    con.close()
+    end = _utc(newest[0]).normalize() + pd.Timedelta(days=1)
+    return end - pd.Timedelta(weeks=weeks - 1), end
+
+
+def build_features(
+    settings: Settings,
+    start: datetime | str | None = None,
+    end: datetime | str | None = None,
+    every: str = "7D",
+) -> BuildReport:
+    """Compute snapshots from the event store and write them for Feast (the CLI's runner)."""
+    began = time.perf_counter()
+    if start is None or end is None:
+        default_start, default_end = default_snapshot_range(settings)
+        start = start or default_start
+        end = end or default_end
+    times = snapshot_times(start, end, every)
+    snapshots = compute_snapshots(events_relation_sql(settings), read_customers(settings), times)
+    files = write_snapshots(settings, snapshots, datetime.now(UTC))
+    return BuildReport(
+        snapshots=times,
+        rows=len(snapshots),
+        customers=snapshots["customer_id"].nunique(),
+        seconds=time.perf_counter() - began,
+        files=files,
+    )
