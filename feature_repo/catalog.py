@@ -383,3 +383,36 @@ def service_features(service: str) -> list[str]:
     if service == "segments_v1":
         return [n for n in FEATURE_NAMES if n in SEGMENT_FEATURES]
     raise KeyError(f"unknown feature service {service!r}; known: {sorted(FEATURE_SERVICES)}")
+
+
+def features_markdown() -> str:
+    """``docs/features.md``: every feature with its one-line definition, by feature view."""
+    lines = [
+        "# Features",
+        "",
+        "Generated from `feature_repo/catalog.py` (`python -m feature_repo.catalog > "
+        "docs/features.md`); a test keeps the two equal.",
+        "",
+        "A snapshot stamped T uses only events strictly before T; every window is the half-open "
+        "interval `[T - w, T)` of whole UTC days, and snapshot times are UTC midnights. "
+        "*Customer-initiated* events are those of the behavioral, transactional and attitudinal "
+        "families (sends and impressions are contextual: the business acted, not the customer).",
+        "",
+        "Every feature is a count, a sum, a latest timestamp, or a ratio of such, over per-day "
+        "partials, so the same definitions can be maintained from a live event stream: fold each "
+        "event into today's partial, keep 90 days of partials and the last-seen timestamps.",
+        "",
+        "| feature service | what it serves |",
+        "|---|---|",
+    ]
+    lines += [f"| `{name}` | {text} |" for name, text in FEATURE_SERVICES.items()]
+    for view, text in VIEWS.items():
+        members = features_of_view(view)
+        lines += ["", f"## `{view}` ({len(members)} features)", "", text, ""]
+        lines += ["| feature | type | definition |", "|---|---|---|"]
+        lines += [f"| `{f.name}` | {f.dtype} | {f.description} |" for f in members]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(features_markdown(), end="")

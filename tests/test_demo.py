@@ -1,0 +1,38 @@
+"""`omniscore demo` end to end on a small population, through the installed console script."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from feature_repo.config import Settings
+from feature_repo.events import event_count
+from feature_repo.store import feature_store, online_features
+
+pytestmark = pytest.mark.slow
+OMNISCORE = Path(sys.executable).with_name("omniscore")
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = {**os.environ, "OMNISCORE_HOME": str(home)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    result = subprocess.run(
+        [str(OMNISCORE), "demo", "--customers", "300", "--days", "200"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    settings = Settings.from_env(home)
+    assert event_count(settings) > 10_000
+    for view in ("channel_activity", "transactions", "profile"):
+        assert (settings.features_dir / f"{view}.parquet").exists()
+    online = online_features(feature_store(settings), "segments_v1", ["C000001", "C000002"])
+    assert online["known"].all(), "demo must leave customers in the online store"
+    assert "materialized into sqlite" in result.stdout

@@ -1,0 +1,58 @@
+"""Promises of the repository itself: import direction, generated docs, Makefile help."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from feature_repo.catalog import features_markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+# Imports run one way, like the data: each package may import only those before it.
+ALLOWED = {
+    "feature_repo": set(),
+    "training": {"feature_repo"},
+    "serving": {"feature_repo", "training"},
+    "omniscore": {"feature_repo", "training", "serving"},
+}
+
+
+def _imported_packages(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found & set(ALLOWED)
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_imports_run_one_way(package: str) -> None:
+    offenders = {}
+    for path in (ROOT / package).rglob("*.py"):
+        wrong = _imported_packages(path) - ALLOWED[package] - {package}
+        if wrong:
+            offenders[str(path.relative_to(ROOT))] = sorted(wrong)
+    assert offenders == {}, f"{package} imports up the chain: {offenders}"
+
+
+def test_features_doc_matches_catalog() -> None:
+    assert (ROOT / "docs" / "features.md").read_text() == features_markdown(), (
+        "docs/features.md is stale: run `python -m feature_repo.catalog > docs/features.md`"
+    )
+
+
+def test_make_help_lists_every_target() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    targets = set(re.findall(r"^([a-z][\w-]*):(?!=)", makefile, flags=re.MULTILINE))
+    shown = subprocess.run(
+        ["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    listed = {line.split()[0] for line in shown.splitlines() if line.strip()}
+    assert targets <= listed, f"targets missing from `make help`: {targets - listed}"
