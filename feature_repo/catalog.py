@@ -192,7 +192,8 @@ def _catalog() -> list[Feature]:
             "product_views_per_session_30d",
             "engagement",
             "float",
-            "product_view events / sessions in the 30 days before T (null if no session).",
+            "Web and app product_view events / sessions in the 30 days before T "
+            "(null if no session).",
         )
     )
     add(
@@ -294,7 +295,8 @@ def _catalog() -> list[Feature]:
             f"channel_switches_{w}d",
             "cross_channel",
             "float",
-            f"Sessions started in the {w} days before T whose channel differs from the "
+            f"Sessions (of customer-initiated events, any channel) started in the {w} days "
+            "before T whose channel differs from the "
             "customer's previous session (on any channel, at any earlier time).",
         )
     )
@@ -319,7 +321,7 @@ def _catalog() -> list[Feature]:
             "tenure_days",
             "profile",
             "float",
-            "Days from signup to T; from the first event when the customers table lacks one.",
+            "Days to T from the earlier of signup and the first event before T.",
         )
     )
     for col, what in [

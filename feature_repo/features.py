@@ -116,8 +116,12 @@ def _event_sql(events: str) -> str:
     """
     initiated = _lit(sorted(f.value for f in CUSTOMER_INITIATED_FAMILIES))
     purchase, cart = _TYPE_CODE["purchase"], _TYPE_CODE["add_to_cart"]
-    web, email = _CHANNEL_CODE["web"], _CHANNEL_CODE["email"]
+    web = _CHANNEL_CODE["web"]
     probe_channels = ", ".join(str(c) for c in [-1, *_CHANNEL_CODE.values()])
+    # Pseudo-channel of email opens and clicks: the email-to-app journey starts with one of
+    # them, not with any customer-initiated event on the email channel (a complaint by email).
+    email_response = -2
+    responses = ", ".join(str(_TYPE_CODE[t]) for t in ("email_open", "email_click"))
     return f"""
     CREATE TEMP TABLE ids AS
     SELECT customer_id, (row_number() OVER (ORDER BY customer_id) - 1)::INTEGER AS cust
@@ -136,14 +140,20 @@ def _event_sql(events: str) -> str:
 
     CREATE TEMP TABLE touch AS
     WITH p AS (SELECT eid, cust, ts, ch AS pch FROM ev WHERE typ = {purchase}),
-         probe AS (SELECT p.*, c.ch FROM p CROSS JOIN (SELECT unnest([{probe_channels}]) AS ch) c),
-         t AS (SELECT cust, ch, ts FROM ev WHERE initiated)
+         probe AS (SELECT p.*, c.ch FROM p
+                   CROSS JOIN (SELECT unnest([{probe_channels}, {email_response}]) AS ch) c),
+         t AS (SELECT cust, ch, ts FROM ev WHERE initiated
+               UNION ALL
+               SELECT ev.cust, {email_response} AS ch, ev.ts FROM ev
+               WHERE ev.typ IN ({responses}))
     SELECT probe.eid,
-           bool_or(probe.ch <> probe.pch AND t.ts >= probe.ts - {TOUCH_WINDOW_HOURS * _US_PER_HOUR})
+           bool_or(probe.ch <> probe.pch AND probe.ch <> {email_response}
+                   AND t.ts >= probe.ts - {TOUCH_WINDOW_HOURS * _US_PER_HOUR})
              AS touched_other,
            bool_or(probe.ch = {web} AND t.ts >= probe.ts - {TOUCH_WINDOW_HOURS * _US_PER_HOUR})
              AS web_touch,
-           bool_or(probe.ch = {email} AND t.ts >= probe.ts - {TOUCH_WINDOW_HOURS * _US_PER_HOUR})
+           bool_or(probe.ch = {email_response}
+                   AND t.ts >= probe.ts - {TOUCH_WINDOW_HOURS * _US_PER_HOUR})
              AS email_touch
     FROM probe ASOF LEFT JOIN t ON probe.cust = t.cust AND probe.ch = t.ch AND probe.ts > t.ts
     GROUP BY probe.eid;
@@ -182,7 +192,9 @@ FROM (
 """
 
 _FETCH_CUSTOMERS_SQL = """
-SELECT i.cust, i.customer_id, epoch_us(c.signup_date) AS signup_us
+SELECT i.cust, i.customer_id,
+       -- A missing signup sorts after every T; a NULL would reach numpy as NaN and overflow.
+       coalesce(epoch_us(c.signup_date), 9223372036854775807) AS signup_us
 FROM ids i LEFT JOIN customers c USING (customer_id) ORDER BY i.cust
 """
 
@@ -497,7 +509,9 @@ def _derive(f: pd.DataFrame) -> pd.DataFrame:
     out[f"channel_switches_{long}d"] = total(f"switches__{long}")
     out["events_trend_30d"] = np.log((total("n_all__30") + 1) / (total("n_all__prev30") + 1))
     out["revenue_trend_30d"] = np.log((total("rev__30") + 1) / (total("rev__prev30") + 1))
-    started = f["signup_date"].where(f["signup_date"].notna(), f["first_ts"])
+    # A customer seen before their recorded signup existed from that first event on.
+    seen = f["first_ts"].where(f["first_ts"] < f["T"])
+    started = pd.concat([f["signup_date"], seen], axis=1).min(axis=1)
     out["tenure_days"] = _days_between(f["T"], started)
     for col in ("region", "age_band", "loyalty_tier", "preferred_device"):
         out[col] = (

@@ -1,0 +1,575 @@
+"""Point-in-time feature pipeline: hand-computed snapshots, a leakage property, the runner.
+
+Every expected value below was worked out by hand from the catalog's definitions (the arithmetic
+is in the comment next to it), never by calling the pipeline. Snapshot T is 2024-06-01 00:00 UTC,
+so T-7d = 05-25, T-30d = 05-02, T-60d = 04-02 and T-90d = 03-03 (all UTC midnights).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from feature_repo.catalog import FEATURE_NAMES, VIEWS, features_of_view
+from feature_repo.config import Settings
+from feature_repo.events import write_customers, write_events
+from feature_repo.features import build_features, compute_snapshots, snapshot_times
+from feature_repo.schema import CHANNELS, EVENT_TYPES, to_canonical_table
+
+T = pd.Timestamp("2024-06-01", tz="UTC")
+T2 = pd.Timestamp("2024-06-15", tz="UTC")
+NAN = float("nan")
+
+
+def _ev(cid, ts, channel, event_type, amount=None, session=None, rating=None):
+    return {
+        "customer_id": cid,
+        "event_timestamp": pd.Timestamp(ts, tz="UTC"),
+        "channel": channel,
+        "event_type": event_type,
+        "amount": amount,
+        "session_id": session,
+        "rating": rating,
+    }
+
+
+# Customer A: the fully worked customer (has a customers row, signed up 2024-01-01).
+EVENTS_A = [
+    _ev("A", "2024-02-20 09:00", "store", "purchase", 40.0),  # a1: before the 90d window
+    _ev("A", "2024-03-02 23:59:59", "app", "app_open", session="a-app0"),  # a2: 1 s before T-90d
+    _ev("A", "2024-03-03 00:00", "web", "page_view", session="a-w1"),  # a3: exactly T-90d
+    _ev("A", "2024-03-10 12:00", "email", "email_send"),  # a4: contextual
+    _ev("A", "2024-03-10 15:00", "email", "email_open"),  # a5
+    _ev("A", "2024-03-11 10:00", "app", "purchase", 60.0, "a-app1"),  # a6: email open 19 h before
+    _ev("A", "2024-04-10 12:00", "web", "add_to_cart", session="a-w2"),  # a7: never recovered
+    _ev("A", "2024-04-15 08:00", "email", "email_send"),  # a8
+    _ev("A", "2024-04-20 10:00", "call_center", "support_contact"),  # a9
+    _ev("A", "2024-04-20 10:30", "call_center", "purchase", 100.0),  # a10: same-channel touch only
+    _ev("A", "2024-05-02 00:00", "web", "product_view"),  # a11: exactly T-30d, no session id
+    _ev("A", "2024-05-02 09:00", "web", "page_view"),  # a12: same (web, day) session as a11
+    _ev("A", "2024-05-05 14:00", "web", "product_view", session="a-w3"),  # a13
+    _ev("A", "2024-05-05 14:10", "web", "add_to_cart", session="a-w3"),  # a14: recovered by a15
+    _ev("A", "2024-05-06 09:00", "store", "purchase", 120.0),  # a15: web touch 18h50 before
+    _ev("A", "2024-05-06 18:00", "store", "return", 30.0),  # a16
+    _ev("A", "2024-05-10 11:00", "store", "review", rating=2.0),  # a17
+    _ev("A", "2024-05-15 08:00", "email", "email_send"),  # a18
+    _ev("A", "2024-05-15 09:00", "email", "email_click"),  # a19
+    _ev("A", "2024-05-18 20:00", "push", "push_send"),  # a20
+    _ev("A", "2024-05-19 07:00", "push", "push_open"),  # a21
+    _ev("A", "2024-05-20 10:00", "app", "product_view", session="a-app2"),  # a22
+    _ev("A", "2024-05-20 10:05", "app", "purchase", 45.0, "a-app2"),  # a23: email click 5 d before
+    _ev("A", "2024-05-25 00:00", "web", "page_view", session="a-w4"),  # a24: exactly T-7d
+    _ev("A", "2024-05-27 13:00", "social", "social_engagement"),  # a25
+    _ev("A", "2024-05-28 16:00", "sms", "sms_click"),  # a26: a click with no send
+    _ev("A", "2024-05-29 19:00", "web", "complaint", session="a-w5"),  # a27
+    _ev("A", "2024-05-30 12:00", "store", "survey_response", rating=4.0),  # a28
+    _ev("A", "2024-05-31 22:00", "web", "product_view", session="a-w6"),  # a29
+    _ev("A", "2024-05-31 22:20", "web", "add_to_cart", session="a-w6"),  # a30: recovered only at T
+    _ev("A", "2024-05-31 23:00", "social", "ad_impression"),  # a33: contextual, not activity
+    _ev("A", "2024-06-01 00:00", "web", "purchase", 999.0, "a-w6"),  # a31: exactly T, excluded
+    _ev("A", "2024-06-03 10:00", "store", "purchase", 500.0),  # a32: after T
+]
+
+# Customer B: no customers row; purchases with touches inside and outside 72 h.
+EVENTS_B = [
+    _ev("B", "2024-04-01 08:00", "sms", "sms_send"),  # b1: first event (contextual)
+    _ev("B", "2024-04-01 09:00", "sms", "sms_click"),  # b2
+    _ev("B", "2024-04-05 10:00", "sms", "sms_send"),  # b3
+    _ev("B", "2024-05-10 12:00", "web", "product_view", session="b-w1"),  # b4
+    _ev("B", "2024-05-14 12:00", "store", "purchase", 200.0),  # b5: web touch 96 h before
+    _ev("B", "2024-05-20 09:00", "email", "complaint"),  # b6: email channel, not an open/click
+    _ev("B", "2024-05-21 10:00", "app", "purchase", 30.0, "b-a1"),  # b7: b6 25 h before
+    _ev("B", "2024-05-22 10:00", "web", "page_view", session="b-w2"),  # b8
+    _ev("B", "2024-05-23 10:00", "store", "purchase", 70.0),  # b9: web touch 24 h before
+    _ev("B", "2024-05-23 11:00", "store", "return", 70.0),  # b10
+    _ev("B", "2024-05-25 10:00", "app", "add_to_cart", session="b-a2"),  # b11
+    _ev("B", "2024-05-25 20:00", "web", "purchase", 55.0),  # b12: recovers b11 on another channel
+]
+
+# Customer C: signs up after T; events only at T and later.
+EVENTS_C = [
+    _ev("C", "2024-06-01 00:00", "web", "page_view"),
+    _ev("C", "2024-06-12 08:00", "app", "app_open", session="c-a1"),
+    _ev("C", "2024-06-12 09:00", "app", "purchase", 25.0, "c-a1"),
+]
+
+# Customer D: no customers row, only contextual events (things sent to them).
+EVENTS_D = [
+    _ev("D", "2024-05-01 12:00", "email", "email_send"),
+    _ev("D", "2024-05-20 08:00", "push", "push_send"),
+    _ev("D", "2024-05-30 08:00", "social", "ad_impression"),
+]
+
+# Customer F: no customers row, first event exactly at T.
+EVENTS_F = [_ev("F", "2024-06-01 00:00", "web", "page_view")]
+
+CUSTOMERS = pd.DataFrame(
+    {
+        "customer_id": ["A", "C", "E"],
+        "signup_date": pd.to_datetime(
+            ["2024-01-01 00:00", "2024-06-10 00:00", "2024-05-31 12:00"], utc=True
+        ),
+        "region": ["north", "south", "east"],
+        "age_band": ["35-44", "18-24", "55-64"],
+        "loyalty_tier": ["gold", "none", "silver"],
+        "preferred_device": ["mobile", "desktop", "tablet"],
+    }
+)
+
+
+def _events(rows: list[dict]):
+    return to_canonical_table(pd.DataFrame(rows))
+
+
+@pytest.fixture(scope="module")
+def snapshots() -> pd.DataFrame:
+    rows = EVENTS_A + EVENTS_B + EVENTS_C + EVENTS_D + EVENTS_F
+    return compute_snapshots(_events(rows), CUSTOMERS, [T, T2])
+
+
+def _row(frame: pd.DataFrame, customer: str, at: pd.Timestamp) -> pd.Series:
+    hit = frame[(frame["customer_id"] == customer) & (frame["event_timestamp"] == at)]
+    assert len(hit) == 1, f"expected one row for {customer} at {at}, got {len(hit)}"
+    return hit.iloc[0]
+
+
+def _assert_features(row: pd.Series, expected: dict) -> None:
+    mismatches = []
+    for name, want in expected.items():
+        got = row[name]
+        if want is None:
+            ok = pd.isna(got)
+        elif isinstance(want, str):
+            ok = not pd.isna(got) and got == want
+        elif math.isnan(want):
+            ok = pd.isna(got)
+        else:
+            ok = not pd.isna(got) and got == pytest.approx(want, rel=1e-12, abs=0)
+        if not ok:
+            mismatches.append(f"{name}: expected {want!r}, got {got!r}")
+    assert not mismatches, "\n".join(mismatches)
+
+
+# Sessions of A (all channels, customer-initiated only), in start order, used by
+# channel_switches: store 02-20 | app a-app0 | web a-w1 (T-90d) | email 03-10 | app a-app1 |
+# web a-w2 | call_center 04-20 | web day 05-02 | web a-w3 | store 05-06 | store 05-10 |
+# email 05-15 | push 05-19 | app a-app2 | web a-w4 | social 05-27 | sms 05-28 | web a-w5 |
+# store 05-30 | web a-w6.
+EXPECTED_A = {
+    # web, initiated: a3 a7 a11 a12 a13 a14 a24 a27 a29 a30 (a31 at T excluded)
+    "web_events_7d": 4.0,  # a24 (exactly T-7d) a27 a29 a30
+    "web_active_days_7d": 3.0,  # 05-25 05-29 05-31
+    "web_events_30d": 8.0,  # a11 (exactly T-30d) a12 a13 a14 + the 4 above
+    "web_active_days_30d": 5.0,  # 05-02 05-05 05-25 05-29 05-31
+    "web_events_90d": 10.0,  # + a3 (exactly T-90d) a7
+    "web_active_days_90d": 7.0,  # + 03-03 04-10
+    "web_days_since_last": 100 / 1440,  # a30 at 05-31 22:20 → 1 h 40 min
+    # app: a6 a22 a23 (a2 is 1 s before T-90d)
+    "app_events_7d": 0.0,
+    "app_active_days_7d": 0.0,
+    "app_events_30d": 2.0,  # a22 a23
+    "app_active_days_30d": 1.0,  # 05-20
+    "app_events_90d": 3.0,  # + a6
+    "app_active_days_90d": 2.0,  # 03-11 05-20
+    "app_days_since_last": 11 + 835 / 1440,  # a23 05-20 10:05 → 11 d 13 h 55 min
+    # email, initiated: a5 open, a19 click (sends are contextual)
+    "email_events_7d": 0.0,
+    "email_active_days_7d": 0.0,
+    "email_events_30d": 1.0,  # a19
+    "email_active_days_30d": 1.0,
+    "email_events_90d": 2.0,  # a5 a19
+    "email_active_days_90d": 2.0,
+    "email_days_since_last": 16.625,  # a19 05-15 09:00 → 16 d 15 h
+    # store: a15 a16 a17 a28 (a1 outside 90d)
+    "store_events_7d": 1.0,  # a28
+    "store_active_days_7d": 1.0,
+    "store_events_30d": 4.0,
+    "store_active_days_30d": 3.0,  # 05-06 05-10 05-30
+    "store_events_90d": 4.0,
+    "store_active_days_90d": 3.0,
+    "store_days_since_last": 1.5,  # a28 05-30 12:00
+    # call_center: a9 a10 on 04-20
+    "call_center_events_7d": 0.0,
+    "call_center_active_days_7d": 0.0,
+    "call_center_events_30d": 0.0,
+    "call_center_active_days_30d": 0.0,
+    "call_center_events_90d": 2.0,
+    "call_center_active_days_90d": 1.0,
+    "call_center_days_since_last": 41.5625,  # a10 04-20 10:30 → 41 d 13 h 30 min
+    # social: a25 (a33 ad_impression is contextual)
+    "social_events_7d": 1.0,
+    "social_active_days_7d": 1.0,
+    "social_events_30d": 1.0,
+    "social_active_days_30d": 1.0,
+    "social_events_90d": 1.0,
+    "social_active_days_90d": 1.0,
+    "social_days_since_last": 4 + 11 / 24,  # a25 05-27 13:00 → 4 d 11 h
+    # sms: a26
+    "sms_events_7d": 1.0,
+    "sms_active_days_7d": 1.0,
+    "sms_events_30d": 1.0,
+    "sms_active_days_30d": 1.0,
+    "sms_events_90d": 1.0,
+    "sms_active_days_90d": 1.0,
+    "sms_days_since_last": 3 + 8 / 24,  # a26 05-28 16:00 → 3 d 8 h
+    # push: a21 (05-19, before T-7d)
+    "push_events_7d": 0.0,
+    "push_active_days_7d": 0.0,
+    "push_events_30d": 1.0,
+    "push_active_days_30d": 1.0,
+    "push_events_90d": 1.0,
+    "push_active_days_90d": 1.0,
+    "push_days_since_last": 12 + 17 / 24,  # a21 05-19 07:00 → 12 d 17 h
+    # purchases in 90d: a6 app 60, a10 call_center 100, a15 store 120, a23 app 45
+    # (a1 store 40 too old, a31 at T, a32 after T); one return a16 on store
+    "purchases_90d": 4.0,
+    "revenue_90d": 325.0,  # 60 + 100 + 120 + 45
+    "avg_order_value_90d": 81.25,  # 325 / 4
+    "returns_90d": 1.0,
+    "return_rate_90d": 0.25,  # 1 / 4
+    "days_since_last_purchase": 11 + 835 / 1440,  # a23
+    "web_purchases_90d": 0.0,  # a31 is exactly at T
+    "web_revenue_90d": 0.0,
+    "web_avg_order_value_90d": NAN,
+    "web_returns_90d": 0.0,
+    "web_return_rate_90d": NAN,
+    "web_days_since_last_purchase": NAN,
+    "app_purchases_90d": 2.0,  # a6 a23
+    "app_revenue_90d": 105.0,  # 60 + 45
+    "app_avg_order_value_90d": 52.5,
+    "app_returns_90d": 0.0,
+    "app_return_rate_90d": 0.0,
+    "app_days_since_last_purchase": 11 + 835 / 1440,
+    "store_purchases_90d": 1.0,  # a15
+    "store_revenue_90d": 120.0,
+    "store_avg_order_value_90d": 120.0,
+    "store_returns_90d": 1.0,  # a16
+    "store_return_rate_90d": 1.0,
+    "store_days_since_last_purchase": 25.625,  # a15 05-06 09:00 → 25 d 15 h
+    "call_center_purchases_90d": 1.0,  # a10
+    "call_center_revenue_90d": 100.0,
+    "call_center_avg_order_value_90d": 100.0,
+    "call_center_returns_90d": 0.0,
+    "call_center_return_rate_90d": 0.0,
+    "call_center_days_since_last_purchase": 41.5625,
+    # engagement
+    "email_open_rate_90d": 1 / 3,  # 1 open (a5) / 3 sends (a4 a8 a18)
+    "email_click_rate_90d": 1 / 3,  # 1 click (a19) / 3 sends
+    "push_open_rate_90d": 1.0,  # a21 / a20
+    "sms_click_rate_90d": NAN,  # a click but no sms_send
+    "cart_abandonment_rate_90d": 2 / 3,  # a7 never, a14 by a15 (18h50), a30 only at T → 2 of 3
+    "sessions_30d": 6.0,  # web: day 05-02, a-w3, a-w4, a-w5, a-w6; app: a-app2
+    "product_views_per_session_30d": 4 / 6,  # a11 a13 a22 a29 / 6 sessions
+    # attitudinal
+    "support_contacts_90d": 1.0,  # a9
+    "complaints_90d": 1.0,  # a27
+    "avg_rating_90d": 3.0,  # (2 + 4) / 2
+    "low_ratings_90d": 1.0,  # a17 rated 2
+    # cross-channel; 90d initiated counts: web 10 app 3 email 2 store 4 cc 2 social 1 sms 1
+    # push 1 (24 in all)
+    "active_channels_90d": 8.0,
+    # -(10/24 log2 10/24 + 3/24 log2 3/24 + 4/24 log2 4/24 + 2·2/24 log2 2/24 + 3·1/24 log2 1/24)
+    "channel_entropy_90d": 2.502705481927944,
+    "online_revenue_share_90d": 105 / 325,  # app 105 online; store 120 + cc 100 offline
+    "preferred_channel_90d": "web",
+    # a6 (email open 19 h before) yes, a10 (only call_center touches) no, a15 (web 18h50 before)
+    # yes, a23 (push open 27 h before) yes → 3 / 4
+    "cross_channel_purchase_rate_90d": 0.75,
+    "web_to_store_purchase_rate_90d": 1.0,  # a15 / 1 store purchase
+    "email_to_app_purchase_rate_90d": 0.5,  # a6 yes (open 19 h); a23 no (click 5 d before)
+    # sessions from a-w1 (T-90d) onward whose channel differs from the previous one: all but
+    # web a-w3 (after web day 05-02) and store 05-10 (after store 05-06) → 18 - 2
+    "channel_switches_90d": 16.0,
+    # initiated in [05-02, T): web 8 app 2 email 1 store 4 social 1 sms 1 push 1 = 18;
+    # in [04-02, 05-02): a7 a9 a10 = 3 → ln(19 / 4)
+    "events_trend_30d": 1.55814461804655,
+    # revenue in [05-02, T): 120 + 45; in [04-02, 05-02): 100 → ln(166 / 101)
+    "revenue_trend_30d": 0.4968672715152837,
+    "tenure_days": 152.0,  # 2024-01-01 → 06-01: 31 + 29 + 31 + 30 + 31
+    "region": "north",
+    "age_band": "35-44",
+    "loyalty_tier": "gold",
+    "preferred_device": "mobile",
+}
+
+
+def test_expected_values_cover_the_whole_catalog() -> None:
+    assert list(EXPECTED_A) == list(FEATURE_NAMES)
+    assert len(EXPECTED_A) == 112
+
+
+def test_customer_a_every_feature_at_t(snapshots: pd.DataFrame) -> None:
+    assert list(snapshots.columns) == ["customer_id", "event_timestamp", *FEATURE_NAMES]
+    _assert_features(_row(snapshots, "A", T), EXPECTED_A)
+
+
+def test_customer_a_later_snapshot_sees_events_at_and_after_t(snapshots: pd.DataFrame) -> None:
+    # T2 = 06-15, T2-90d = 03-17: a3, a5, a6 drop out; a31 (at T) and a32 (06-03) come in.
+    _assert_features(
+        _row(snapshots, "A", T2),
+        {
+            "web_days_since_last": 14.0,  # a31 at 06-01 00:00
+            "web_purchases_90d": 1.0,
+            "web_revenue_90d": 999.0,
+            "web_days_since_last_purchase": 14.0,
+            "days_since_last_purchase": 11 + 14 / 24,  # a32 06-03 10:00 → 11 d 14 h
+            "purchases_90d": 5.0,  # a10 a15 a23 a31 a32 (a6 on 03-11 dropped out)
+            "revenue_90d": 1764.0,  # 100 + 120 + 45 + 999 + 500
+            # carts a7 (never), a14 (a15), a30 (a31, 1 h 40 min later, now before T2) → 1 / 3
+            "cart_abandonment_rate_90d": 1 / 3,
+            "web_events_7d": 0.0,  # a31 06-01 < T2-7d = 06-08
+            "web_events_90d": 10.0,  # a7 a11 a12 a13 a14 a24 a27 a29 a30 a31 (a3 dropped out)
+            "app_events_90d": 2.0,  # a22 a23 (a6 dropped out)
+            "tenure_days": 166.0,  # 152 + 14
+        },
+    )
+
+
+def test_customer_without_profile_row(snapshots: pd.DataFrame) -> None:
+    row = _row(snapshots, "B", T)
+    _assert_features(
+        row,
+        {
+            "tenure_days": 60 + 16 / 24,  # first event b1 04-01 08:00 → 60 d 16 h
+            "region": None,
+            "age_band": None,
+            "loyalty_tier": None,
+            "preferred_device": None,
+            "purchases_90d": 4.0,  # b5 b7 b9 b12
+            "revenue_90d": 355.0,  # 200 + 30 + 70 + 55
+            "online_revenue_share_90d": 85 / 355,  # web 55 + app 30
+            "store_return_rate_90d": 0.5,  # b10 / (b5 b9)
+            # b5: only web touch 96 h before → no; b7: email complaint 25 h → yes; b9: app and
+            # web → yes; b12: app cart and store → yes
+            "cross_channel_purchase_rate_90d": 0.75,
+            "web_to_store_purchase_rate_90d": 0.5,  # b9 (b8 24 h before) yes, b5 (96 h) no
+            # b7's only email event is a complaint, not an email open or click
+            "email_to_app_purchase_rate_90d": 0.0,
+            "cart_abandonment_rate_90d": 0.0,  # b11 recovered by web purchase b12 10 h later
+            "sms_click_rate_90d": 0.5,  # 1 click / 2 sends
+            "email_open_rate_90d": NAN,  # no email_send
+            "complaints_90d": 1.0,
+            "sessions_30d": 5.0,  # web b-w1 b-w2 day 05-25; app b-a1 b-a2
+            "product_views_per_session_30d": 0.2,  # b4 / 5
+            # sms | web | store | email | app | web | store | app | web: 8 changes
+            "channel_switches_90d": 8.0,
+            "active_channels_90d": 5.0,
+            # web 3 and store 3 tie; the alphabetically first wins
+            "preferred_channel_90d": "store",
+            # counts 3 3 2 1 1 of 10: -(2·.3 log2 .3 + .2 log2 .2 + 2·.1 log2 .1)
+            "channel_entropy_90d": 2.1709505944546685,
+            "events_trend_30d": math.log(10),  # 9 events in [05-02, T), 0 before → ln(10 / 1)
+            "revenue_trend_30d": math.log(356),  # ln((355 + 1) / (0 + 1))
+        },
+    )
+
+
+def test_customer_signed_up_after_t_is_absent_until_signup(snapshots: pd.DataFrame) -> None:
+    at_t = snapshots[snapshots["event_timestamp"] == T]
+    # C signed up 06-10 and its first event is exactly at T; F has no row and one event at T.
+    assert "C" not in set(at_t["customer_id"])
+    assert "F" not in set(at_t["customer_id"])
+    assert sorted(at_t["customer_id"]) == ["A", "B", "D", "E"]
+    _assert_features(
+        _row(snapshots, "C", T2),
+        {
+            "tenure_days": 14.0,  # first event 06-01 precedes signup 06-10 → from 06-01
+            "region": "south",
+            "app_events_7d": 2.0,  # 06-12
+            "web_events_7d": 0.0,  # 06-01 < 06-08
+            "web_events_30d": 1.0,
+            "days_since_last_purchase": 2.625,  # 06-12 09:00 → 2 d 15 h
+            "cross_channel_purchase_rate_90d": 0.0,  # only an app touch; web 11 d before
+        },
+    )
+    _assert_features(_row(snapshots, "F", T2), {"tenure_days": 14.0, "region": None})
+
+
+def test_customer_with_only_contextual_events(snapshots: pd.DataFrame) -> None:
+    expected = {
+        "tenure_days": 30.5,  # first send 05-01 12:00
+        "active_channels_90d": 0.0,
+        "channel_entropy_90d": NAN,
+        "preferred_channel_90d": None,
+        "email_open_rate_90d": 0.0,  # 0 opens / 1 send
+        "email_click_rate_90d": 0.0,
+        "push_open_rate_90d": 0.0,
+        "sms_click_rate_90d": NAN,
+        "sessions_30d": 0.0,
+        "product_views_per_session_30d": NAN,
+        "channel_switches_90d": 0.0,
+        "events_trend_30d": 0.0,  # ln(1 / 1)
+        "revenue_trend_30d": 0.0,
+        "purchases_90d": 0.0,
+        "avg_order_value_90d": NAN,
+        "cart_abandonment_rate_90d": NAN,
+        "avg_rating_90d": NAN,
+        "online_revenue_share_90d": NAN,
+        "cross_channel_purchase_rate_90d": NAN,
+    }
+    for ch in CHANNELS:
+        expected |= {f"{ch}_events_90d": 0.0, f"{ch}_days_since_last": NAN}
+    _assert_features(_row(snapshots, "D", T), expected)
+
+
+def test_signed_up_customer_without_events(snapshots: pd.DataFrame) -> None:
+    _assert_features(
+        _row(snapshots, "E", T),
+        {
+            "tenure_days": 0.5,  # signup 05-31 12:00
+            "loyalty_tier": "silver",
+            "purchases_90d": 0.0,
+            "web_events_90d": 0.0,
+            "days_since_last_purchase": NAN,
+            "preferred_channel_90d": None,
+        },
+    )
+
+
+# --- property: nothing at or after T changes a snapshot at T ---------------------------------
+
+_CUSTOMER_IDS = ("c1", "c2", "c3", "c4")
+_EVENT_TYPES = tuple(EVENT_TYPES)
+_DAY = 86_400
+# Offsets (s) relative to T that sit on the window edges, mixed into the random ones.
+_EDGES = (-90 * _DAY, -90 * _DAY - 1, -60 * _DAY, -30 * _DAY, -30 * _DAY - 1, -7 * _DAY, -1)
+
+
+def _event_rows(offsets: st.SearchStrategy[int]) -> st.SearchStrategy[list[dict]]:
+    row = st.fixed_dictionaries(
+        {
+            "customer_id": st.sampled_from(_CUSTOMER_IDS),
+            "offset": offsets,
+            "channel": st.sampled_from(CHANNELS),
+            "event_type": st.sampled_from(_EVENT_TYPES),
+            # whole amounts and ratings keep every sum exact, so equality can be exact
+            "amount": st.one_of(st.none(), st.integers(1, 500).map(float)),
+            "session_id": st.one_of(st.none(), st.sampled_from(("s1", "s2", "s3"))),
+            "rating": st.one_of(st.none(), st.integers(1, 5).map(float)),
+        }
+    )
+    return st.lists(row, max_size=25)
+
+
+_BEFORE = st.one_of(st.integers(-120 * _DAY, -1), st.sampled_from(_EDGES))
+_AT_OR_AFTER = st.one_of(st.integers(0, 40 * _DAY), st.just(0))
+_SIGNUPS = st.dictionaries(
+    st.sampled_from(_CUSTOMER_IDS),
+    st.one_of(st.integers(-200 * _DAY, 20 * _DAY), st.just(0)),
+)
+
+
+def _table(rows: list[dict]):
+    frame = pd.DataFrame(
+        rows,
+        columns=[
+            "customer_id",
+            "offset",
+            "channel",
+            "event_type",
+            "amount",
+            "session_id",
+            "rating",
+        ],
+    )
+    frame["event_timestamp"] = T + pd.to_timedelta(frame["offset"].astype("int64"), unit="s")
+    return to_canonical_table(frame.drop(columns=["offset"]))
+
+
+def _customers(signups: dict[str, int]) -> pd.DataFrame:
+    ids = sorted(signups)
+    return pd.DataFrame(
+        {
+            "customer_id": pd.Series(ids, dtype="object"),
+            "signup_date": pd.to_datetime(
+                [T + pd.Timedelta(seconds=signups[c]) for c in ids], utc=True
+            ),
+            "region": [f"r-{c}" for c in ids],
+            "age_band": ["25-34"] * len(ids),
+            "loyalty_tier": ["bronze"] * len(ids),
+            "preferred_device": ["mobile"] * len(ids),
+        }
+    )
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(before=_event_rows(_BEFORE), later=_event_rows(_AT_OR_AFTER), signups=_SIGNUPS)
+def test_events_at_or_after_t_never_change_the_snapshot_at_t(before, later, signups) -> None:
+    customers = _customers(signups)
+    times = [T - pd.Timedelta(days=7), T]
+    base = compute_snapshots(_table(before), customers, times)
+    more = compute_snapshots(_table(before + later), customers, times)
+    pd.testing.assert_frame_equal(base, more, check_exact=True)
+    # Who appears: signed up before that T, or has any event before it.
+    for at in times:
+        expected = {c for c, s in signups.items() if T + pd.Timedelta(seconds=s) < at}
+        expected |= {r["customer_id"] for r in before if T + pd.Timedelta(seconds=r["offset"]) < at}
+        assert set(base.loc[base["event_timestamp"] == at, "customer_id"]) == expected
+
+
+# --- snapshot times and the runner -----------------------------------------------------------
+
+
+def test_snapshot_times_are_whole_utc_days() -> None:
+    assert snapshot_times("2024-05-18", "2024-06-01", "7D") == [
+        pd.Timestamp("2024-05-18", tz="UTC"),
+        pd.Timestamp("2024-05-25", tz="UTC"),
+        pd.Timestamp("2024-06-01", tz="UTC"),
+    ]
+    with pytest.raises(ValueError, match="midnight"):
+        snapshot_times("2024-05-18 06:00", "2024-06-01", "7D")
+    with pytest.raises(ValueError, match="whole number of days"):
+        snapshot_times("2024-05-18", "2024-06-01", "12h")
+    with pytest.raises(ValueError, match="whole number of days"):
+        snapshot_times("2024-05-18", "2024-06-01", "36h")
+    with pytest.raises(ValueError, match="midnight"):
+        compute_snapshots(_events(EVENTS_A), CUSTOMERS, ["2024-06-01 12:00"])
+
+
+def _view_frames(home: Settings) -> dict[str, pd.DataFrame]:
+    return {v: pq.read_table(home.features_dir / f"{v}.parquet").to_pandas() for v in VIEWS}
+
+
+def test_build_features_writes_views_and_replaces_same_t(tmp_path) -> None:
+    home = Settings.from_env(tmp_path)
+    write_events(home, _events(EVENTS_A + EVENTS_B + EVENTS_C + EVENTS_D + EVENTS_F))
+    write_customers(home, CUSTOMERS)
+
+    # 14-day steps skip 06-08, when C (signup 06-10) appears only through its event at 06-01.
+    first = build_features(home, "2024-06-01", "2024-06-15", "14D")
+    assert sorted(p.rsplit("/", 1)[-1] for p in first.files) == sorted(
+        f"{v}.parquet" for v in VIEWS
+    )
+    # 06-01: A B D E; 06-15: A B C D E F
+    assert first.rows == 4 + 6
+    frames = _view_frames(home)
+    for view, frame in frames.items():
+        assert list(frame.columns) == [
+            "customer_id",
+            "event_timestamp",
+            "created_timestamp",
+            *(f.name for f in features_of_view(view)),
+        ]
+        assert len(frame) == 10
+        assert not frame.duplicated(["customer_id", "event_timestamp"]).any()
+        assert str(frame["event_timestamp"].dt.tz) == "UTC"
+    a_at_t = frames["transactions"].query("customer_id == 'A'").iloc[0]
+    assert a_at_t["event_timestamp"] == T
+    assert a_at_t["revenue_90d"] == 325.0
+
+    # Re-running an overlapping range replaces 06-15 and adds 06-29.
+    second = build_features(home, "2024-06-15", "2024-06-29", "14D")
+    assert second.rows == 6 + 6
+    frames = _view_frames(home)
+    for frame in frames.values():
+        assert len(frame) == 4 + 6 + 6
+        assert not frame.duplicated(["customer_id", "event_timestamp"]).any()
+        created = frame.groupby("event_timestamp")["created_timestamp"].nunique()
+        assert (created == 1).all()
+    kept = frames["profile"].set_index("event_timestamp")["created_timestamp"]
+    assert kept.loc[T].iloc[0] < kept.loc[T2].iloc[0]
