@@ -1,0 +1,172 @@
+"""Run the benchmarks and write ``docs/benchmarks.md`` with the machine they ran on.
+
+Each benchmark is a module printing one JSON object as its last line. Results are kept in
+``benchmarks/results/<name>.json`` so that a single benchmark can be re-run and the page
+re-rendered with the others' latest figures:
+
+    python -m benchmarks.run                  # all of them, issue-target sizes
+    python -m benchmarks.run features serving # some of them
+    python -m benchmarks.run --render         # only rewrite docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+PAGE = ROOT / "docs" / "benchmarks.md"
+
+BENCHMARKS: dict[str, tuple[str, list[str], str]] = {
+    "generate": (
+        "benchmarks.bench_generate",
+        ["--customers", "100000", "--days", "365"],
+        "Synthetic generator: target ≥ 1 million events/s; 100k customers × 365 days well "
+        "under a minute.",
+    ),
+    "features": (
+        "benchmarks.bench_features",
+        ["--customers", "100000", "--days", "365"],
+        "Feature build: target 10 M events, 26 weekly snapshots, 100k customers in < 2 min.",
+    ),
+    "ingest": (
+        "benchmarks.bench_ingest",
+        ["--rows", "1000000"],
+        "Ingest of a CSV log (validation, ids, quarantine, idempotent store write).",
+    ),
+    "materialize": (
+        "benchmarks.bench_materialize",
+        ["--customers", "100000"],
+        "Materialization (target 100k customers ≤ 30 s) and online lookup p50/p99 for 1 and "
+        "100 customers, SQLite and Redis.",
+    ),
+    "training": (
+        "benchmarks.bench_training",
+        [],
+        "Training all three models (target: 100k customers, 6 cutoffs, 30 trials each ≤ 10 "
+        "min; tuning + logging overhead ≤ 10% of trial time).",
+    ),
+    "serving": (
+        "benchmarks.bench_serving",
+        [],
+        "Online endpoint and batch scoring (targets: p50 ≤ 5 ms, p99 ≤ 15 ms, ≤ 3× the "
+        "in-process floor; ≥ 3,000 customers/s at 100 ids; batch ≥ 50,000 customers/s).",
+    ),
+}
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = ""
+    try:
+        kib = int(Path("/proc/meminfo").read_text().split()[1])
+        memory = f"{kib / 2**20:.0f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory": memory,
+        "python": platform.python_version(),
+        "os": f"{platform.system()} {platform.release()}",
+    }
+
+
+def run_one(name: str, extra: list[str]) -> dict:
+    module, args, _ = BENCHMARKS[name]
+    began = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args, *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    result = {
+        "benchmark": name,
+        "command": " ".join(["python", "-m", module, *args, *extra]),
+        "ran_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "wall_seconds": round(time.perf_counter() - began, 1),
+        "machine": machine(),
+        "result": json.loads(lines[-1]),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return result
+
+
+def _flatten(prefix: str, value, rows: list[tuple[str, str]]) -> None:
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), inner, rows)
+    else:
+        rows.append((prefix, json.dumps(value, default=str) if isinstance(value, list) else value))
+
+
+def render() -> str:
+    """The benchmarks page from every stored result."""
+    lines = [
+        "# Benchmarks",
+        "",
+        "Measured with `make bench` (`python -m benchmarks.run`); each section names the "
+        "command, the machine and when it ran. Targets come from the issues.",
+    ]
+    for name, (_, _, target) in BENCHMARKS.items():
+        path = RESULTS / f"{name}.json"
+        lines += ["", f"## {name}", "", target, ""]
+        if not path.exists():
+            lines.append("_Not measured yet._")
+            continue
+        stored = json.loads(path.read_text())
+        m = stored["machine"]
+        lines += [
+            f"`{stored['command']}` — {stored['ran_at']}, {stored['wall_seconds']} s wall; "
+            f"{m['cpu']}, {m['cores']} cores, {m['memory']}, Python {m['python']}.",
+            "",
+            "| measure | value |",
+            "|---|---|",
+        ]
+        rows: list[tuple[str, str]] = []
+        _flatten("", stored["result"], rows)
+        lines += [f"| {key} | {value} |" for key, value in rows]
+    notes = ROOT / "benchmarks" / "NOTES.md"
+    if notes.exists():
+        lines += ["", notes.read_text().strip()]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "names", nargs="*", help=f"benchmarks to run (default all): {list(BENCHMARKS)}"
+    )
+    parser.add_argument("--render", action="store_true", help="only rewrite docs/benchmarks.md")
+    args = parser.parse_args()
+    if not args.render:
+        for name in args.names or list(BENCHMARKS):
+            print(f"running {name} …", flush=True)
+            print(json.dumps(run_one(name, [])["result"]), flush=True)
+    PAGE.write_text(render())
+    print(f"wrote {PAGE.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
