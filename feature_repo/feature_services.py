@@ -1,0 +1,56 @@
+"""Feast feature services: versioned model contracts.
+
+Training and serving fetch features by service name, so a model is tied to one service
+version; changing a service's features means a new ``_vN`` name, never an edit in place.
+"""
+
+from __future__ import annotations
+
+from feast import FeatureService, FeatureView
+
+from feature_repo.catalog import FEATURE_SERVICES, service_features
+
+try:  # imported as feature_repo.feature_services, as everywhere in OmniScore
+    from .entities import OWNER
+    from .feature_views import VIEWS_BY_NAME
+except ImportError:  # imported as a top-level module by `feast apply` run inside feature_repo/
+    from entities import OWNER
+    from feature_views import VIEWS_BY_NAME
+
+MODELS: dict[str, str] = {
+    "propensity_v1": "omniscore-propensity",
+    "churn_v1": "omniscore-churn",
+    "segments_v1": "omniscore-segments",
+}
+"""The registered model each service feeds."""
+
+
+def build_feature_service(name: str, views: dict[str, FeatureView]) -> FeatureService:
+    """One feature service: the catalog's features for ``name``, projected view by view."""
+    wanted = set(service_features(name))
+    projections = []
+    for view in views.values():
+        names = [f.name for f in view.features if f.name in wanted]
+        if len(names) == len(view.features):
+            projections.append(view)
+        elif names:
+            projections.append(view[names])
+    return FeatureService(
+        name=name,
+        features=projections,
+        description=FEATURE_SERVICES[name],
+        owner=OWNER,
+        tags={"model": MODELS[name], "contract": name.rsplit("_", 1)[-1]},
+    )
+
+
+def build_feature_services(views: dict[str, FeatureView]) -> dict[str, FeatureService]:
+    """The three feature services of the catalog, keyed by name."""
+    return {name: build_feature_service(name, views) for name in FEATURE_SERVICES}
+
+
+SERVICES = build_feature_services(VIEWS_BY_NAME)
+"""Services over the home named by ``$OMNISCORE_HOME`` (what ``feast apply`` registers)."""
+propensity_v1 = SERVICES["propensity_v1"]
+churn_v1 = SERVICES["churn_v1"]
+segments_v1 = SERVICES["segments_v1"]

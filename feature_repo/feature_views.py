@@ -1,0 +1,77 @@
+"""Feast feature views: one per view of the feature catalog.
+
+Schemas come from :mod:`feature_repo.catalog` (``float`` → Float64, ``string`` → String), so the
+DuckDB pipeline, the views and the models share one list of features.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from feast import Entity, FeatureView, Field, FileSource
+from feast.types import Float64, String
+
+from feature_repo.catalog import VIEWS, features_of_view
+
+try:  # imported as feature_repo.feature_views, as everywhere in OmniScore
+    from .data_sources import SOURCES
+    from .entities import OWNER, customer
+except ImportError:  # imported as a top-level module by `feast apply` run inside feature_repo/
+    from data_sources import SOURCES
+    from entities import OWNER, customer
+
+FAMILIES: dict[str, str] = {
+    "channel_activity": "behavioral",
+    "transactions": "transactional",
+    "engagement": "behavioral",
+    "attitudinal": "attitudinal",
+    "cross_channel": "cross_channel",
+    "profile": "demographic",
+}
+"""Signal family of each view, recorded as the view's ``family`` tag."""
+
+SNAPSHOT_TTL = timedelta(days=21)
+# Snapshots are built weekly: 21 days tolerates two missed weekly builds and treats a value as
+# stale once the third build is missed, instead of serving months-old behaviour as current.
+PROFILE_TTL = timedelta(days=90)
+# Profile attributes (region, age band, loyalty tier, device) change rarely, so an older
+# profile snapshot is still a fair description; only tenure drifts, by at most the gap itself.
+
+TTLS: dict[str, timedelta] = {view: SNAPSHOT_TTL for view in VIEWS} | {"profile": PROFILE_TTL}
+"""How old a view's snapshot may be before point-in-time retrieval treats it as missing."""
+
+_FEAST_TYPES = {"float": Float64, "string": String}
+
+
+def build_feature_view(view: str, source: FileSource, entity: Entity) -> FeatureView:
+    """The feature view over one catalog view, reading ``source``."""
+    return FeatureView(
+        name=view,
+        entities=[entity],
+        ttl=TTLS[view],
+        schema=[Field(name="customer_id", dtype=String)]
+        + [
+            Field(name=f.name, dtype=_FEAST_TYPES[f.dtype], description=f.description)
+            for f in features_of_view(view)
+        ],
+        source=source,
+        online=True,
+        description=VIEWS[view],
+        owner=OWNER,
+        tags={"family": FAMILIES[view]},
+    )
+
+
+def build_feature_views(sources: dict[str, FileSource], entity: Entity) -> dict[str, FeatureView]:
+    """One feature view per catalog view, keyed by view name."""
+    return {view: build_feature_view(view, sources[view], entity) for view in VIEWS}
+
+
+VIEWS_BY_NAME = build_feature_views(SOURCES, customer)
+"""Views over the home named by ``$OMNISCORE_HOME`` (what ``feast apply`` registers)."""
+channel_activity = VIEWS_BY_NAME["channel_activity"]
+transactions = VIEWS_BY_NAME["transactions"]
+engagement = VIEWS_BY_NAME["engagement"]
+attitudinal = VIEWS_BY_NAME["attitudinal"]
+cross_channel = VIEWS_BY_NAME["cross_channel"]
+profile = VIEWS_BY_NAME["profile"]

@@ -1,0 +1,497 @@
+"""Bulk writers for Feast's online stores: the same stored bytes as Feast, far fewer Python calls.
+
+Feast's SQLite store runs one ``INSERT`` per (customer, feature) from Python and its
+materialization builds one ``ValueProto`` object per value, which caps it at a few hundred to
+a thousand customers a second at a hundred features. These writers produce exactly what
+Feast's own ``online_write_batch`` stores (same tables and Redis keys, same
+``serialize_entity_key``, same ``ValueProto`` bytes, same ``value_text`` and timestamps) with
+vectorised encoding:
+
+- values are factorised, so each distinct value is serialised once;
+- SQLite rows are staged one row per customer (its floats packed in one blob) in a temporary
+  table and expanded to one row per (customer, feature) by a single ``INSERT ... SELECT``
+  inside SQLite, one transaction per view, while a worker thread encodes the next view;
+- Redis gets one pipelined HSET per customer for all its views, keeping Feast's rule that an
+  older event timestamp never overwrites a newer one.
+
+``tests/test_feast_store.py`` proves the stored rows equal Feast's own materialization byte
+for byte, and that ``get_online_features`` returns the same values.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import struct
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from feast import FeatureView
+from feast.infra.key_encoding_utils import serialize_entity_key
+from feast.infra.online_stores.helpers import _mmh3, compute_table_id
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+from feast.repo_config import RepoConfig
+from feast.types import Float64, String
+from feast.utils import to_naive_utc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+JOIN_KEY = "customer_id"
+TIMESTAMP = "event_timestamp"
+_DOUBLE_TAG = 0x29  # ValueProto field 5 (double_val), wire type 1 (64-bit)
+_STRING_TAG = b"\x12"  # ValueProto field 2 (string_val), wire type 2 (length-delimited)
+TEXT_WIDTH = 24
+"""Longest ``str(float)`` (e.g. ``-2.2250738585072014e-308``)."""
+SLOT = 9 + TEXT_WIDTH
+"""Staging bytes per float feature: 9 of ``ValueProto``, then the padded text."""
+_SQLITE_COLUMNS = (
+    "entity_key",
+    "feature_name",
+    "value",
+    "value_text",
+    "vector_value",
+    "event_ts",
+    "created_ts",
+)
+
+
+# --- value encoding (pure) ----------------------------------------------------------------------
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def encode_doubles(values: np.ndarray, *, text: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Serialised ``ValueProto`` and Feast's ``value_text`` for each float64 value.
+
+    NaN (how Arrow nulls arrive) becomes an empty ``ValueProto`` (``b""``) with no text, as in
+    Feast. Values are factorised on their bit pattern, so ``-0.0`` and ``0.0`` stay distinct.
+    ``text=False`` skips the texts (all None), which only the SQLite store keeps.
+    """
+    values = np.ascontiguousarray(values, dtype=np.float64)
+    blobs = np.full(len(values), b"", dtype=object)
+    texts = np.full(len(values), None, dtype=object)
+    valid = ~np.isnan(values)
+    if not valid.any():
+        return blobs, texts
+    codes, unique_bits = pd.factorize(values[valid].view(np.int64))
+    uniques = np.asarray(unique_bits, dtype=np.int64).view(np.float64)
+    packed = np.empty((len(uniques), 9), dtype=np.uint8)
+    packed[:, 0] = _DOUBLE_TAG
+    packed[:, 1:] = uniques.astype("<f8").view(np.uint8).reshape(-1, 8)
+    raw = packed.tobytes()
+    unique_blobs = np.empty(len(uniques), dtype=object)
+    unique_blobs[:] = [raw[i : i + 9] for i in range(0, len(raw), 9)]
+    blobs[valid] = unique_blobs[codes]
+    if text:
+        unique_texts = np.empty(len(uniques), dtype=object)
+        unique_texts[:] = [str(u) for u in uniques.tolist()]  # Feast stores str(double_val)
+        texts[valid] = unique_texts[codes]
+    return blobs, texts
+
+
+def encode_strings(values: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
+    """Serialised ``ValueProto`` and ``value_text`` for each string (``None`` → ``b""``)."""
+    series = pd.Series(values, dtype=object)
+    blobs = np.full(len(series), b"", dtype=object)
+    texts = np.full(len(series), None, dtype=object)
+    valid = series.notna().to_numpy()
+    if not valid.any():
+        return blobs, texts
+    codes, uniques = pd.factorize(series[valid])
+    unique_blobs = np.empty(len(uniques), dtype=object)
+    unique_blobs[:] = [
+        _STRING_TAG + _varint(len(raw)) + raw for raw in (str(u).encode("utf-8") for u in uniques)
+    ]
+    unique_texts = np.empty(len(uniques), dtype=object)
+    unique_texts[:] = [str(u) for u in uniques]
+    blobs[valid] = unique_blobs[codes]
+    texts[valid] = unique_texts[codes]
+    return blobs, texts
+
+
+def encode_column(
+    column: pa.ChunkedArray | pa.Array, dtype, *, text: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Encode one feature column declared as Float64 or String in its feature view."""
+    if dtype == Float64:
+        values = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+        return encode_doubles(values, text=text)
+    if dtype == String:
+        return encode_strings(column.cast(pa.string()).to_pylist())
+    raise TypeError(f"bulk writer supports Float64 and String features, not {dtype}")
+
+
+def pack_doubles(matrix: np.ndarray) -> np.ndarray:
+    """Fixed-width SQLite staging layout of float64 features, one row of bytes per customer.
+
+    Each value takes :data:`SLOT` bytes: its serialised ``ValueProto`` (tag ``0x29`` and the
+    little-endian double) followed by Feast's ``value_text`` (``str(value)``) right-padded with
+    spaces to :data:`TEXT_WIDTH`; a null is nine zero bytes and a blank text. SQLite slices
+    the slots back apart with ``substr``, so Python binds one blob per customer instead of
+    two objects per value.
+    """
+    matrix = np.ascontiguousarray(matrix, dtype=np.float64)
+    n, k = matrix.shape
+    out = np.full((n, k, SLOT), 0x20, dtype=np.uint8)
+    valid = ~np.isnan(matrix)
+    out[:, :, 0] = _DOUBLE_TAG
+    out[:, :, 1:9] = matrix.astype("<f8").view(np.uint8).reshape(n, k, 8)
+    out[~valid, :9] = 0
+    if valid.any():
+        codes, unique_bits = pd.factorize(matrix[valid].view(np.int64))
+        uniques = np.asarray(unique_bits, dtype=np.int64).view(np.float64)
+        texts = [str(u).encode("ascii") for u in uniques.tolist()]
+        if max(map(len, texts)) > TEXT_WIDTH:
+            raise ValueError(f"a float renders longer than {TEXT_WIDTH} characters")
+        text_bytes = np.array(texts, dtype=f"S{TEXT_WIDTH}").view(np.uint8)
+        text_bytes = text_bytes.reshape(len(texts), TEXT_WIDTH).copy()
+        text_bytes[text_bytes == 0] = 0x20
+        out[:, :, 9:][valid] = text_bytes[codes]
+    return out.reshape(n, k * SLOT)
+
+
+def entity_keys(customer_ids: Sequence[str], version: int = 3) -> list[bytes]:
+    """Feast's serialised entity key of each customer id (``serialize_entity_key``)."""
+    key = EntityKeyProto(join_keys=[JOIN_KEY], entity_values=[ValueProto(string_val="x")])
+    sample = serialize_entity_key(key, entity_key_serialization_version=version)
+    # v3 layout for one string key: a constant header, then len(value) as <I, then the value.
+    prefix = sample[:-5]
+    if version != 3 or prefix + struct.pack("<I", 1) + b"x" != sample:
+        out = []
+        for cid in customer_ids:
+            key.entity_values[0].string_val = cid
+            out.append(serialize_entity_key(key, entity_key_serialization_version=version))
+        return out
+    pack = struct.Struct("<I").pack
+    return [prefix + pack(len(raw)) + raw for raw in (cid.encode("utf-8") for cid in customer_ids)]
+
+
+def _per_unique(values: pa.ChunkedArray | pa.Array, convert) -> np.ndarray:
+    """Apply ``convert`` once per distinct timestamp (snapshots share a handful of them)."""
+    micros = values.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
+    uniques, codes = np.unique(micros, return_inverse=True)
+    converted = np.empty(len(uniques), dtype=object)
+    converted[:] = [
+        convert(datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(u))) for u in uniques
+    ]
+    return converted[codes]
+
+
+def _sqlite_timestamp(ts: datetime) -> int:
+    # What Feast's sqlite module stores: to_naive_utc, then its registered datetime adapter
+    # int(val.timestamp()); kept as the same expression so the stored integers match exactly.
+    return int(to_naive_utc(ts).timestamp())
+
+
+def _proto_timestamp(ts: datetime) -> bytes:
+    proto = Timestamp()
+    proto.FromDatetime(ts.astimezone(UTC))
+    return proto.SerializeToString()
+
+
+# --- SQLite ------------------------------------------------------------------------------------
+def sqlite_table_name(config: RepoConfig, view: FeatureView) -> str:
+    """The online-store table Feast keeps for ``view`` (``<project>_<view>``)."""
+    return compute_table_id(
+        config.project, view, config.registry.enable_online_feature_view_versioning
+    )
+
+
+def sqlite_supported(config: RepoConfig) -> bool:
+    """Whether the SQLite store uses Feast's plain row layout this writer reproduces."""
+    store = config.online_store
+    return (
+        store.type in ("sqlite", "feast.infra.online_stores.sqlite.SqliteOnlineStore")
+        and not getattr(store, "vector_enabled", False)
+        and not getattr(store, "enable_openai_compatible_store", False)
+    )
+
+
+def sqlite_path(config: RepoConfig) -> Path:
+    """The SQLite file, resolved as Feast resolves it (relative paths against the repo)."""
+    path = Path(config.online_store.path)
+    if config.repo_path and not path.is_absolute():
+        path = Path(config.repo_path) / path
+    return path
+
+
+@dataclass
+class SqliteBatch:
+    """One view's rows, encoded and in primary-key order, ready to stage into SQLite."""
+
+    view: str
+    table_name: str
+    doubles: list[str]
+    strings: list[str]
+    rows: list[tuple]
+    """Staging rows: entity key, event_ts, created_ts, packed doubles, then per string feature
+    its ``ValueProto`` bytes and text."""
+
+
+def prepare_sqlite(config: RepoConfig, view: FeatureView, table: pa.Table) -> SqliteBatch:
+    """Encode ``table`` (one row per customer) for :func:`apply_sqlite`; CPU only, no I/O."""
+    features = list(view.features)
+    unsupported = [f.name for f in features if f.dtype not in (Float64, String)]
+    if unsupported:
+        raise TypeError(f"bulk writer supports Float64 and String features, not {unsupported}")
+    doubles = [f.name for f in features if f.dtype == Float64]
+    strings = [f.name for f in features if f.dtype == String]
+    keys = entity_keys(table.column(JOIN_KEY).to_pylist(), config.entity_key_serialization_version)
+    order = np.array(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)
+    table = table.take(order)  # primary-key order: every B-tree insert becomes an append
+    columns: list[list] = [
+        [keys[i] for i in order],
+        _per_unique(table.column("event_timestamp"), _sqlite_timestamp).tolist(),
+        _per_unique(table.column("created_timestamp"), _sqlite_timestamp).tolist(),
+        _packed_rows(table, doubles),
+    ]
+    for feature in strings:
+        blobs, texts = encode_column(table.column(feature), String)
+        columns += [blobs.tolist(), texts.tolist()]
+    return SqliteBatch(
+        view=view.name,
+        table_name=sqlite_table_name(config, view),
+        doubles=doubles,
+        strings=strings,
+        rows=list(zip(*columns, strict=True)),
+    )
+
+
+def connect_sqlite(config: RepoConfig, *, cache_mb: int = 256) -> sqlite3.Connection:
+    """A writer connection to the online store file Feast created at apply."""
+    path = sqlite_path(config)
+    if not path.exists():
+        raise FileNotFoundError(f"online store {path} does not exist: run apply first")
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA cache_size = -{cache_mb * 1024}")
+    conn.execute("PRAGMA temp_store = MEMORY")
+    return conn
+
+
+def apply_sqlite(conn: sqlite3.Connection, batch: SqliteBatch) -> int:
+    """Upsert a prepared batch in one transaction; rows (customers) written.
+
+    A reader sees either the previous or the new snapshot of every customer of the view.
+    """
+    if not batch.rows:
+        return 0
+    found = tuple(r[1] for r in conn.execute(f"PRAGMA table_info({_quote(batch.table_name)})"))
+    if found != _SQLITE_COLUMNS:
+        raise RuntimeError(
+            f"online table {batch.table_name} has columns {found}, expected {_SQLITE_COLUMNS}: "
+            "run apply first"
+        )
+    _create_staging(conn, batch.doubles, batch.strings)
+    try:
+        with conn:
+            conn.executemany(
+                "INSERT INTO temp.omniscore_stage "
+                f"VALUES ({', '.join('?' * (4 + 2 * len(batch.strings)))})",
+                batch.rows,
+            )
+            conn.execute(_expand_sql(batch.table_name, batch.strings))
+    finally:
+        conn.execute("DROP TABLE IF EXISTS temp.omniscore_stage")
+        conn.execute("DROP TABLE IF EXISTS temp.omniscore_features")
+    return len(batch.rows)
+
+
+def write_sqlite(config: RepoConfig, view: FeatureView, table: pa.Table) -> int:
+    """Upsert one row per customer of ``table`` into ``view``'s SQLite table; rows written.
+
+    ``table`` holds ``customer_id``, ``event_timestamp``, ``created_timestamp`` and the view's
+    features, at most one row per customer.
+    """
+    if table.num_rows == 0:
+        return 0
+    batch = prepare_sqlite(config, view, table)
+    conn = connect_sqlite(config)
+    try:
+        return apply_sqlite(conn, batch)
+    finally:
+        conn.close()
+
+
+def write_sqlite_views(
+    config: RepoConfig,
+    views: Sequence[FeatureView],
+    load: Callable[[FeatureView], pa.Table],
+) -> Iterator[tuple[FeatureView, pa.Table]]:
+    """Load, encode and write several views, overlapping Python work with SQLite work.
+
+    A worker thread loads and encodes view k+1 while SQLite (which releases the GIL) inserts
+    view k. Yields each view with the table it wrote, right after its transaction commits.
+    """
+    views = list(views)
+    if not views:
+        return
+
+    def prepare(view: FeatureView) -> tuple[pa.Table, SqliteBatch]:
+        table = load(view)
+        return table, prepare_sqlite(config, view, table)
+
+    conn = connect_sqlite(config)
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(prepare, views[0])
+            for i, view in enumerate(views):
+                table, batch = pending.result()
+                if i + 1 < len(views):  # at most one encoded view waits in memory
+                    pending = pool.submit(prepare, views[i + 1])
+                apply_sqlite(conn, batch)
+                yield view, table
+    finally:
+        conn.close()
+
+
+def _packed_rows(part: pa.Table, doubles: list[str]) -> list[bytes]:
+    if not doubles:
+        return [b""] * part.num_rows
+    out: list[bytes] = []
+    for lo in range(0, part.num_rows, 20_000):  # bounds the intermediate arrays
+        chunk = part.slice(lo, 20_000)
+        matrix = np.column_stack(
+            [chunk.column(f).cast(pa.float64()).to_numpy(zero_copy_only=False) for f in doubles]
+        )
+        packed = pack_doubles(matrix)
+        width = packed.shape[1]
+        raw = packed.tobytes()
+        out += [raw[i : i + width] for i in range(0, len(raw), width)]
+    return out
+
+
+def _create_staging(conn: sqlite3.Connection, doubles: list[str], strings: list[str]) -> None:
+    conn.execute("DROP TABLE IF EXISTS temp.omniscore_stage")
+    conn.execute("DROP TABLE IF EXISTS temp.omniscore_features")
+    # Untyped staging columns keep each bound value's storage class (BLOB, TEXT, INTEGER, NULL),
+    # so the expanded rows are stored exactly as Feast's per-row INSERT would store them.
+    string_cols = "".join(f", v{j}, t{j}" for j in range(len(strings)))
+    conn.execute(f"CREATE TEMP TABLE omniscore_stage (ek, ev, cr, p{string_cols})")
+    conn.execute(
+        "CREATE TEMP TABLE omniscore_features (name TEXT, kind INTEGER, off INTEGER, j INTEGER)"
+    )
+    features = [(n, 0, 1 + i * SLOT, None) for i, n in enumerate(doubles)]
+    features += [(n, 1, None, j) for j, n in enumerate(strings)]
+    # Inserted by name, so the CROSS JOIN below walks (customer, feature) in primary-key order.
+    conn.executemany("INSERT INTO temp.omniscore_features VALUES (?, ?, ?, ?)", sorted(features))
+
+
+def _expand_sql(table_name: str, strings: list[str]) -> str:
+    """One INSERT ... SELECT turning staged customers into (customer, feature) rows."""
+    # A null slot is nine zero bytes and a blank text (see pack_doubles): an empty ValueProto
+    # and a NULL value_text, as Feast stores a null double.
+    value = f"coalesce(nullif(substr(s.p, f.off, 9), x'{'00' * 9}'), x'')"
+    text = f"nullif(rtrim(CAST(substr(s.p, f.off + 9, {TEXT_WIDTH}) AS TEXT), ' '), '')"
+    if strings:
+        value_s = "CASE f.j " + " ".join(f"WHEN {j} THEN s.v{j}" for j in range(len(strings)))
+        text_s = "CASE f.j " + " ".join(f"WHEN {j} THEN s.t{j}" for j in range(len(strings)))
+        value = f"CASE WHEN f.kind = 0 THEN {value} ELSE {value_s} END END"
+        text = f"CASE WHEN f.kind = 0 THEN {text} ELSE {text_s} END END"
+    # CROSS JOIN fixes the loop order (customers outside, features inside).
+    return (
+        f"INSERT INTO {_quote(table_name)} "
+        "(entity_key, feature_name, value, value_text, event_ts, created_ts) "
+        f"SELECT s.ek, f.name, {value}, {text}, s.ev, s.cr "
+        "FROM temp.omniscore_stage AS s CROSS JOIN temp.omniscore_features AS f "
+        "WHERE true ON CONFLICT(entity_key, feature_name) DO UPDATE SET "
+        "value = excluded.value, value_text = excluded.value_text, "
+        "event_ts = excluded.event_ts, created_ts = excluded.created_ts"
+    )
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+# --- Redis -------------------------------------------------------------------------------------
+def redis_client(config: RepoConfig):
+    """A redis-py client for the configured Redis online store (Feast's own connection logic)."""
+    from feast.infra.online_stores.redis import RedisOnlineStore
+
+    return RedisOnlineStore()._get_client(config.online_store)
+
+
+def write_redis(
+    config: RepoConfig,
+    items: Sequence[tuple[FeatureView, pa.Table]],
+    *,
+    client=None,
+    chunk: int = 5_000,
+) -> dict[str, int]:
+    """Write views' rows to Redis as Feast does, one HSET per customer; rows written per view.
+
+    Like Feast's ``RedisOnlineStore.online_write_batch``: the key is the serialised entity key
+    plus the project, feature fields are murmur3 hashes of ``<view>:<feature>``, ``_ts:<view>``
+    holds the event time, and a view's row is skipped when its stored timestamp is as new or
+    newer. Feast sends one HSET per (customer, view); merging a customer's views into one
+    command stores the same hash with a sixth of the round trips.
+    """
+    client = client or redis_client(config)
+    ttl = config.online_store.key_ttl_seconds
+    project = config.project.encode("utf-8")
+    version = config.entity_key_serialization_version
+    ts_fields = [f"_ts:{view.name}".encode() for view, _ in items]
+    per_view = []  # (row of each customer id, HSET args per row, event nanos per row)
+    for view, table in items:
+        ids = table.column(JOIN_KEY).to_pylist()
+        args = np.empty((len(ids), 2 + 2 * len(view.features)), dtype=object)
+        args[:, 0] = f"_ts:{view.name}".encode()
+        args[:, 1] = _per_unique(table.column("event_timestamp"), _proto_timestamp)
+        for j, feature in enumerate(view.features):
+            args[:, 2 + 2 * j] = _mmh3(f"{view.name}:{feature.name}")
+            column = table.column(feature.name)
+            args[:, 3 + 2 * j] = encode_column(column, feature.dtype, text=False)[0]
+        rows = {cid: i for i, cid in enumerate(ids)}
+        per_view.append((rows, args.tolist(), _epoch_nanos(table.column(TIMESTAMP))))
+    customers = sorted({cid for rows, _, _ in per_view for cid in rows})
+    keys = [key + project for key in entity_keys(customers, version)]
+    written = [0] * len(items)
+    for lo in range(0, len(customers), chunk):
+        hi = min(lo + chunk, len(customers))
+        with client.pipeline(transaction=False) as pipe:
+            for key in keys[lo:hi]:
+                pipe.hmget(key, ts_fields)
+            stored = pipe.execute()
+        with client.pipeline(transaction=False) as pipe:
+            for cid, key, previous in zip(customers[lo:hi], keys[lo:hi], stored, strict=True):
+                command: list = []
+                for v, (rows, args, nanos) in enumerate(per_view):
+                    i = rows.get(cid)
+                    if i is None:
+                        continue
+                    prev = _proto_nanos(previous[v])
+                    if prev and nanos[i] <= prev:
+                        continue
+                    command += args[i]
+                    written[v] += 1
+                if command:
+                    pipe.execute_command("HSET", key, *command)
+                    if ttl:
+                        pipe.expire(name=key, time=ttl)
+            pipe.execute()
+    return {view.name: n for (view, _), n in zip(items, written, strict=True)}
+
+
+def _epoch_nanos(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    return values.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy() * 1000
+
+
+def _proto_nanos(raw: bytes | None) -> int:
+    if not raw:
+        return 0
+    ts = Timestamp()
+    ts.ParseFromString(raw)
+    return ts.seconds * 1_000_000_000 + ts.nanos
