@@ -1,0 +1,367 @@
+"""The model registry workflow: register challengers, gate promotions, roll back.
+
+Names: ``omniscore-propensity``, ``omniscore-churn``, ``omniscore-segments``. Every new
+version gets the alias ``challenger`` and a description of what it was trained on.
+:func:`promote` scores the challenger and the champion on the same latest out-of-time cutoff
+and moves ``champion`` only when the gate passes (:func:`gate`): AUC not below the champion's
+minus a tolerance and calibration (ECE) within bounds; a first version must meet absolute
+minimums. ``force`` with a reason overrides the gate. Each decision is written as tags on the
+versions involved, and the registered model keeps the champion history that
+:func:`rollback` walks back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from feature_repo.config import Settings
+from training.model_io import (
+    KIND_TAG,
+    MODEL_NAMES,
+    SERVICE_TAG,
+    SHA_TAG,
+    LoadedModel,
+    load_version,
+    registry_client,
+)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+HISTORY_TAG = "omniscore.champion_history"
+SHORT_NAMES = {v: k for k, v in MODEL_NAMES.items()}
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """Thresholds of the promotion gate.
+
+    Classifiers: the challenger's AUC must be at least the champion's minus
+    ``auc_tolerance`` and its ECE at most ``max_ece``; a first version needs ``min_auc``.
+    Segments: silhouette at least the champion's minus ``silhouette_tolerance``; a first
+    version needs ``min_silhouette``.
+    """
+
+    auc_tolerance: float = 0.01
+    max_ece: float = 0.05
+    min_auc: float = 0.60
+    silhouette_tolerance: float = 0.05
+    min_silhouette: float = 0.05
+
+
+@dataclass
+class PromotionDecision:
+    """What :func:`promote` decided and why; also written as tags on the versions."""
+
+    model_name: str
+    challenger_version: str
+    previous_champion: str | None
+    promoted: bool
+    forced: bool
+    reason: str
+    challenger_metrics: dict[str, float]
+    champion_metrics: dict[str, float] | None
+    evaluated_on: str
+    champion_after: str | None
+    decided_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    def as_dict(self) -> dict:
+        """JSON-ready form (for the CLI's summary and the notebooks)."""
+        return asdict(self)
+
+
+@dataclass
+class RollbackResult:
+    """Which version :func:`rollback` demoted and which one is champion again."""
+
+    model_name: str
+    from_version: str
+    to_version: str
+
+
+def full_name(model: str) -> str:
+    """Registered name of a model given its short name (``churn``) or full name."""
+    return MODEL_NAMES.get(model, model)
+
+
+def gate(
+    kind: str,
+    challenger: dict[str, float],
+    champion: dict[str, float] | None,
+    policy: GatePolicy = GatePolicy(),
+) -> tuple[bool, str]:
+    """Pure promotion rule: (passes, why), from metrics on the same evaluation cutoff."""
+    if kind == "segments":
+        sil = challenger.get("silhouette", float("nan"))
+        if not math.isfinite(sil):
+            return False, "challenger silhouette is undefined"
+        if champion is None:
+            if sil < policy.min_silhouette:
+                return (
+                    False,
+                    f"first version: silhouette {sil:.3f} < minimum {policy.min_silhouette}",
+                )
+            return True, f"first version meets minimums (silhouette {sil:.3f})"
+        floor = champion["silhouette"] - policy.silhouette_tolerance
+        if sil < floor:
+            return (
+                False,
+                f"silhouette {sil:.3f} < champion {champion['silhouette']:.3f} - tolerance",
+            )
+        return True, f"silhouette {sil:.3f} >= champion {champion['silhouette']:.3f} - tolerance"
+    auc, ece = challenger.get("roc_auc", float("nan")), challenger.get("ece", float("nan"))
+    if not (math.isfinite(auc) and math.isfinite(ece)):
+        return False, "challenger AUC or ECE is undefined on the evaluation cutoff"
+    if ece > policy.max_ece:
+        return False, f"calibration out of bounds: ECE {ece:.3f} > {policy.max_ece}"
+    if champion is None:
+        if auc < policy.min_auc:
+            return False, f"first version: AUC {auc:.3f} < minimum {policy.min_auc}"
+        return True, f"first version meets minimums (AUC {auc:.3f}, ECE {ece:.3f})"
+    floor = champion["roc_auc"] - policy.auc_tolerance
+    if auc < floor:
+        return (
+            False,
+            f"AUC {auc:.4f} < champion {champion['roc_auc']:.4f} - {policy.auc_tolerance}",
+        )
+    return True, f"AUC {auc:.4f} >= champion {champion['roc_auc']:.4f} - {policy.auc_tolerance}"
+
+
+# --- registering ----------------------------------------------------------------------------
+def register_package(
+    settings: Settings,
+    model: str,
+    package_dir: Path,
+    *,
+    experiment_id: str,
+    run_id: str,
+    hashes: dict[str, str],
+    description: str,
+    tags: dict[str, str],
+):
+    """Log a package directory as an MLflow logged model, register it, alias ``challenger``.
+
+    The version carries the tags ``omniscore.sha256`` (JSON of file -> SHA-256),
+    ``omniscore.kind`` and ``omniscore.feature_service`` plus ``tags``. The alias is read back
+    after it is set. Returns the ``ModelVersion``.
+    """
+    from mlflow.exceptions import MlflowException
+
+    client = registry_client(settings)
+    name = full_name(model)
+    kind = "segments" if model.endswith("segments") else "classifier"
+    logged = client.create_logged_model(
+        experiment_id, name=model, source_run_id=run_id, model_type=kind
+    )
+    client.log_model_artifacts(logged.model_id, str(package_dir))
+    client.finalize_logged_model(logged.model_id, "READY")
+    try:
+        client.create_registered_model(name, description=f"OmniScore {model} model")
+    except MlflowException as exc:
+        if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
+            raise
+    version_tags = {SHA_TAG: json.dumps(hashes, sort_keys=True), KIND_TAG: kind, **tags}
+    mv = client.create_model_version(
+        name,
+        # The artifact location, not models:/<id>: MLflow resolves the latter with a client on
+        # the global tracking URI, which is not this home's.
+        source=logged.artifact_location,
+        run_id=run_id,
+        tags=version_tags,
+        description=description,
+        model_id=logged.model_id,
+    )
+    _set_alias_checked(client, name, CHALLENGER, str(mv.version))
+    return client.get_model_version(name, str(mv.version))
+
+
+def _set_alias_checked(client, name: str, alias: str, version: str) -> None:
+    client.set_registered_model_alias(name, alias, version)
+    # Read the alias back: a concurrent promotion could have moved it between our calls.
+    now = client.get_model_version_by_alias(name, alias)
+    if str(now.version) != str(version):
+        raise RuntimeError(f"alias {alias} of {name} points to {now.version}, expected {version}")
+
+
+def _alias_version(client, name: str, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def _history(client, name: str) -> list[str]:
+    tags = client.get_registered_model(name).tags or {}
+    return list(json.loads(tags.get(HISTORY_TAG, "[]")))
+
+
+# --- promotion ------------------------------------------------------------------------------
+def default_evaluator(settings: Settings) -> Callable[[LoadedModel], tuple[dict[str, float], str]]:
+    """Scores a loaded model on the latest label-complete cutoff (features from Feast).
+
+    Returns a function model -> (metrics, cutoff description). The evaluation rows are built
+    once per feature service and reused for champion and challenger, so both see the same
+    customers, cutoff and labels.
+    """
+    from training.datasets import evaluation_set
+    from training.evaluate import classification_metrics
+    from training.segments import evaluate_segments
+
+    cache: dict[tuple[str, str], tuple] = {}
+
+    def evaluate(loaded: LoadedModel) -> tuple[dict[str, float], str]:
+        model_kind = SHORT_NAMES.get(loaded.name, loaded.name)
+        key = (str(model_kind), loaded.feature_service)
+        if key not in cache:
+            cache[key] = evaluation_set(settings, str(model_kind), loaded.feature_service)
+        frame, y, cutoff = cache[key]
+        if loaded.kind == "segments":
+            return evaluate_segments(loaded.segments, frame, seed=0), cutoff
+        return classification_metrics(y, loaded.predict_proba(frame)), cutoff
+
+    return evaluate
+
+
+def promote(
+    settings: Settings,
+    model: str,
+    force: bool = False,
+    reason: str | None = None,
+    policy: GatePolicy = GatePolicy(),
+    evaluator: Callable[[LoadedModel], tuple[dict[str, float], str]] | None = None,
+) -> PromotionDecision:
+    """Gate the ``challenger`` of a model against its ``champion`` and move the alias.
+
+    ``omniscore promote MODEL [--force --reason TEXT]`` calls this. ``force`` without a
+    non-empty ``reason`` raises ``ValueError``. The evaluator defaults to
+    :func:`default_evaluator` (latest out-of-time cutoff). The decision (when, from which
+    version, metrics of both, reason) is written as ``promotion.*`` tags on the challenger and
+    ``demotion.*`` tags on a replaced champion.
+    """
+    if force and not (reason and reason.strip()):
+        raise ValueError("--force needs --reason: say why the gate is being overridden")
+    client = registry_client(settings)
+    name = full_name(model)
+    challenger_v = _alias_version(client, name, CHALLENGER)
+    if challenger_v is None:
+        raise LookupError(f"{name} has no '{CHALLENGER}' version: run `omniscore train` first")
+    champion_v = _alias_version(client, name, CHAMPION)
+    evaluate = evaluator or default_evaluator(settings)
+    challenger = load_version(settings, name, challenger_v)
+    kind = challenger.kind
+    if champion_v == challenger_v:
+        metrics, cutoff = evaluate(challenger)
+        return PromotionDecision(
+            name, challenger_v, champion_v, False, False,
+            "challenger is already the champion", metrics, metrics, cutoff, champion_v,
+        )  # fmt: skip
+    challenger_metrics, cutoff = evaluate(challenger)
+    champion_metrics = None
+    if champion_v is not None:
+        champion_metrics, _ = evaluate(load_version(settings, name, champion_v))
+    passed, why = gate(kind, challenger_metrics, champion_metrics, policy)
+    promoted = passed or force
+    if force and not passed:
+        why = f"forced over the gate ({why}): {reason}"
+    elif reason:
+        why = f"{why}; note: {reason}"
+    decision = PromotionDecision(
+        model_name=name,
+        challenger_version=challenger_v,
+        previous_champion=champion_v,
+        promoted=promoted,
+        forced=force and not passed,
+        reason=why,
+        challenger_metrics=_round(challenger_metrics),
+        champion_metrics=_round(champion_metrics) if champion_metrics else None,
+        evaluated_on=cutoff,
+        champion_after=challenger_v if promoted else champion_v,
+    )
+    _record_decision(client, decision)
+    if promoted:
+        _set_alias_checked(client, name, CHAMPION, challenger_v)
+        history = _history(client, name)
+        history.append(challenger_v)
+        client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
+    return decision
+
+
+def _round(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: round(float(v), 5) for k, v in metrics.items()}
+
+
+def _record_decision(client, d: PromotionDecision) -> None:
+    verdict = "forced" if d.forced else "promoted" if d.promoted else "refused"
+    tags = {
+        "promotion.decision": verdict,
+        "promotion.at": d.decided_at,
+        "promotion.from_version": d.previous_champion or "none",
+        "promotion.evaluated_on": d.evaluated_on,
+        "promotion.metrics": json.dumps(
+            {"challenger": d.challenger_metrics, "champion": d.champion_metrics}, sort_keys=True
+        ),
+        "promotion.reason": d.reason[:4000],
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(d.model_name, d.challenger_version, key, value)
+    if d.promoted and d.previous_champion:
+        for key, value in {
+            "demotion.at": d.decided_at,
+            "demotion.replaced_by": d.challenger_version,
+        }.items():
+            client.set_model_version_tag(d.model_name, d.previous_champion, key, value)
+
+
+def rollback(settings: Settings, model: str) -> RollbackResult:
+    """Point ``champion`` back at the previous champion (``omniscore rollback MODEL``).
+
+    The champion history is the ``omniscore.champion_history`` tag of the registered model;
+    the demoted version is tagged ``rollback.*``. Raises ``LookupError`` when there is no
+    earlier champion to restore.
+    """
+    client = registry_client(settings)
+    name = full_name(model)
+    current = _alias_version(client, name, CHAMPION)
+    history = _history(client, name)
+    if current is None or len(history) < 2:
+        raise LookupError(f"{name} has no previous champion to roll back to")
+    if history[-1] != current:
+        # The alias was moved outside promote(): trust the alias, not the stale history.
+        history.append(current)
+    history.pop()
+    previous = history[-1]
+    _set_alias_checked(client, name, CHAMPION, previous)
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
+    at = datetime.now(UTC).isoformat(timespec="seconds")
+    client.set_model_version_tag(name, current, "rollback.at", at)
+    client.set_model_version_tag(name, current, "rollback.restored_version", previous)
+    client.set_model_version_tag(name, previous, "rollback.restored_at", at)
+    return RollbackResult(name, current, previous)
+
+
+def describe(settings: Settings, model: str) -> dict[str, object]:
+    """Versions of a registered model with their aliases and decision tags (for the CLI)."""
+    client = registry_client(settings)
+    name = full_name(model)
+    versions = client.search_model_versions(f"name='{name}'")
+    return {
+        "name": name,
+        "champion": _alias_version(client, name, CHAMPION),
+        "challenger": _alias_version(client, name, CHALLENGER),
+        "versions": [
+            {
+                "version": str(v.version),
+                "aliases": list(v.aliases or []),
+                "feature_service": (v.tags or {}).get(SERVICE_TAG),
+                "decision": (v.tags or {}).get("promotion.decision"),
+                "description": v.description,
+            }
+            for v in sorted(versions, key=lambda v: int(v.version))
+        ],
+    }
