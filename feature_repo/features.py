@@ -572,9 +572,13 @@ def read_snapshots(settings: Settings, view: str) -> pd.DataFrame:
 
 
 def default_snapshot_range(
-    settings: Settings, weeks: int = 26
+    settings: Settings, weeks: int = 40
 ) -> tuple[pd.Timestamp, pd.Timestamp]:
-    """The last ``weeks`` weekly UTC midnights up to the day after the newest event."""
+    """The last ``weeks`` weekly UTC midnights up to the day after the newest event.
+
+    Forty weeks leave churn (a 60-day label window) enough cutoffs for separate training,
+    validation and test periods.
+    """
     con = duckdb.connect()
     newest = con.execute(
         f"SELECT max(event_timestamp) FROM {events_relation_sql(settings)}"

@@ -43,6 +43,8 @@ def _settings(home: Path | None) -> Settings:
     settings = Settings.from_env(home)
     # Child processes (Feast's yaml, the serving subprocess) read the same home.
     os.environ["OMNISCORE_HOME"] = str(settings.home)
+    # MLflow draws a progress bar per artifact download, which buries the command's output.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return settings
 
 
@@ -139,7 +141,7 @@ def ingest(
 @features_app.command("build")
 def features_build(
     start: Annotated[
-        datetime | None, typer.Option(help="First snapshot (UTC midnight; default 25 weeks back).")
+        datetime | None, typer.Option(help="First snapshot (UTC midnight; default 39 weeks back).")
     ] = None,
     end: Annotated[
         datetime | None, typer.Option(help="Last snapshot (default: day after the newest event).")
@@ -216,50 +218,197 @@ def _print_materialize(report) -> None:
     )
 
 
+# --- training and the registry -------------------------------------------------------------
+
+MODELS = ("propensity", "churn", "segments")
+
+
+def _models(model: str) -> list[str]:
+    if model == "all":
+        return list(MODELS)
+    if model not in MODELS:
+        _fail(f"unknown model {model!r}: choose propensity, churn, segments or all")
+    return [model]
+
+
+def _train_with_progress(settings: Settings, models: list[str], trials: int, seed: int, **kw):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from training.datasets import IneligibleError
+    from training.train import train_model
+
+    results = []
+    with Progress(
+        TextColumn("[bold]{task.fields[model]:<10}[/] {task.description:<10}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=console,
+        transient=False,
+    ) as bars:
+        for model in models:
+            task = bars.add_task("starting", total=None, model=model)
+
+            def progress(stage: str, done: int, total: int, task=task) -> None:
+                bars.update(task, description=stage, completed=done, total=total or None)
+
+            try:
+                results.append(
+                    train_model(settings, model, trials=trials, seed=seed, progress=progress, **kw)
+                )
+            except IneligibleError as error:
+                bars.stop()
+                _fail(f"{model}: {error}")
+            bars.update(task, description="done")
+    return results
+
+
+def _print_results(results) -> None:
+    summaries = {r.model: r.summary() for r in results}
+    measures = list(dict.fromkeys(k for s in summaries.values() for k in s if k != "model"))
+    table = Table(title="trained (new versions carry alias 'challenger')", title_justify="left")
+    table.add_column("measure")
+    for model in summaries:
+        table.add_column(model, justify="right")
+    for measure in measures:
+        table.add_row(measure, *(str(s.get(measure, "")) for s in summaries.values()))
+    console.print(table)
+
+
+@app.command()
+def train(
+    model: Annotated[str, typer.Argument(help="propensity, churn, segments or all.")],
+    trials: Annotated[int, typer.Option(help="Optuna trials per model.")] = 20,
+    seed: Annotated[int, typer.Option(help="Seed for sampling, splits and models.")] = 42,
+    horizon_days: Annotated[
+        int | None, typer.Option(help="Label horizon (propensity 14, churn 60 by default).")
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(help="Tuning processes on one study (PostgreSQL storage for > 1).")
+    ] = 1,
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna storage URL (default: under the home).")
+    ] = None,
+    home: HomeOption = None,
+) -> None:
+    """Tune with Optuna, train, evaluate, log to MLflow and register as challenger."""
+    settings = _settings(home)
+    settings.ensure_dirs()
+    kw = {"horizon_days": horizon_days, "storage_url": storage}
+    if workers > 1:
+        from training.distributed import train_with_workers
+
+        results = [
+            train_with_workers(settings, m, trials=trials, workers=workers, seed=seed, **kw)
+            for m in _models(model)
+        ]
+    else:
+        results = _train_with_progress(settings, _models(model), trials, seed, **kw)
+    _print_results(results)
+
+
+@app.command()
+def promote(
+    model: Annotated[str, typer.Argument(help="propensity, churn, segments or all.")],
+    force: Annotated[bool, typer.Option(help="Override the gate (needs --reason).")] = False,
+    reason: Annotated[str | None, typer.Option(help="Why the gate is overridden.")] = None,
+    home: HomeOption = None,
+) -> None:
+    """Move alias 'champion' to the challenger if it passes the gate on the latest cutoff."""
+    from training.registry import promote as promote_model
+
+    settings = _settings(home)
+    decisions = []
+    for name in _models(model):
+        try:
+            decisions.append(promote_model(settings, name, force=force, reason=reason))
+        except (ValueError, LookupError) as error:
+            _fail(f"{name}: {error}")
+    _print_decisions(decisions)
+
+
+def _print_decisions(decisions) -> None:
+    table = Table(title="promotion decisions", title_justify="left")
+    for column in ("model", "challenger", "previous champion", "champion now", "decision"):
+        table.add_column(column)
+    for d in decisions:
+        verdict = "[green]promoted[/]" if d.promoted else "[yellow]kept[/]"
+        table.add_row(
+            d.model_name,
+            d.challenger_version,
+            d.previous_champion or "-",
+            d.champion_after or "-",
+            f"{verdict}{' (forced)' if d.forced else ''}: {d.reason}",
+        )
+    console.print(table)
+
+
+@app.command()
+def rollback(
+    model: Annotated[str, typer.Argument(help="propensity, churn or segments.")],
+    home: HomeOption = None,
+) -> None:
+    """Restore the previous champion."""
+    from training.registry import rollback as rollback_model
+
+    settings = _settings(home)
+    for name in _models(model):
+        try:
+            result = rollback_model(settings, name)
+        except LookupError as error:
+            _fail(f"{name}: {error}")
+        console.print(f"{result.model_name}: champion {result.from_version} → {result.to_version}")
+
+
 # --- demo ---------------------------------------------------------------------------------
 
 
 @app.command()
 def demo(
-    customers: Annotated[int, typer.Option(help="Customers to simulate.")] = 4000,
+    customers: Annotated[int, typer.Option(help="Customers to simulate.")] = 3000,
     days: Annotated[int, typer.Option(help="Days of history.")] = 365,
+    trials: Annotated[int, typer.Option(help="Optuna trials per model.")] = 6,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
     home: HomeOption = None,
 ) -> None:
-    """Run the main job on the embedded stores: generate, features, Feast, and a summary."""
+    """Run the main job on the embedded stores: generate, features, train, promote."""
     from feature_repo.features import build_features
     from feature_repo.generate import generate as simulate
     from feature_repo.generate import write_generated
-    from feature_repo.store import apply, materialize, online_features
+    from feature_repo.store import apply, materialize
+    from training.registry import promote as promote_model
 
     settings = _settings(home)
     settings.ensure_dirs()
     console.rule(f"OmniScore demo in {settings.home}")
-    with console.status(f"1/4 generating {customers:,} customers × {days} days"):
+    with console.status(f"generating {customers:,} customers × {days} days"):
         counts = write_generated(settings, simulate(customers, days, seed))
     console.print(
         f"[green]✓[/] generated {counts['events']:,} events for {counts['customers']:,} customers"
     )
-    with console.status("2/4 building point-in-time feature snapshots"):
+    with console.status("building point-in-time feature snapshots"):
         build = build_features(settings)
     console.print(
         f"[green]✓[/] {build.rows:,} snapshot rows, {len(build.snapshots)} weekly snapshots "
         f"({build.snapshots[0].date()} … {build.snapshots[-1].date()}) in {build.seconds:.1f} s"
     )
-    with console.status("3/4 feast apply"):
+    with console.status("feast apply"):
         summary = apply(settings)
     console.print(
         f"[green]✓[/] feast apply: {len(summary.feature_views)} feature views, services "
         f"{', '.join(summary.feature_services)}"
     )
-    with console.status("4/4 feast materialize"):
+    with console.status("feast materialize"):
         report = materialize(settings)
     _print_materialize(report)
-    from feature_repo.store import feature_store
-
-    sample = online_features(feature_store(settings), "segments_v1", ["C000001", "C000002"])
-    console.print("online features of two customers (segments_v1):")
-    console.print(sample.T.head(12).to_string())
+    results = _train_with_progress(settings, list(MODELS), trials, seed)
+    _print_results(results)
+    decisions = [promote_model(settings, model) for model in MODELS]
+    _print_decisions(decisions)
+    console.rule("next")
+    console.print(
+        f"MLflow UI:        .venv/bin/mlflow ui --backend-store-uri {settings.tracking_uri}\n"
+        f"Optuna dashboard: .venv/bin/optuna-dashboard {settings.optuna_storage_url}"
+    )
 
 
 def main() -> None:  # pragma: no cover - console entry point alias
