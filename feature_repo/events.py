@@ -60,9 +60,7 @@ def write_events(settings: Settings, table: pa.Table, *, replace: bool = False) 
     existing = event_files(settings)
     if existing:
         listing = ", ".join(f"'{f.as_posix()}'" for f in existing)
-        con.execute(
-            f"CREATE TEMP VIEW stored AS SELECT event_id FROM read_parquet([{listing}])"
-        )
+        con.execute(f"CREATE TEMP VIEW stored AS SELECT event_id FROM read_parquet([{listing}])")
         anti = "WHERE event_id NOT IN (SELECT event_id FROM stored)"
     else:
         anti = ""

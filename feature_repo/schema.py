@@ -11,6 +11,7 @@ from enum import StrEnum
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from pandas.core.util.hashing import combine_hash_arrays
 
 
 class Family(StrEnum):
@@ -124,28 +125,81 @@ def family_of(event_types: pd.Series) -> pd.Series:
     return event_types.map({k: v.value for k, v in EVENT_TYPES.items()})
 
 
-def compute_event_ids(events: pd.DataFrame) -> np.ndarray:
-    """Deterministic 16-hex-digit ids from each row's content, vectorised.
+def _is_string_categorical(values: pd.Series) -> bool:
+    dtype = values.dtype
+    return isinstance(dtype, pd.CategoricalDtype) and (
+        len(dtype.categories) == 0 or pd.api.types.is_string_dtype(dtype.categories.dtype)
+    )
 
-    Re-ingesting a file therefore produces the same ids, which makes ingest idempotent.
-    Two rows with identical content get the same id and count as one event.
-    """
+
+def event_id_hashes(events: pd.DataFrame) -> np.ndarray:
+    """The 64-bit content hash behind each row's ``event_id`` (uint64, vectorised)."""
     content = pd.DataFrame(
         {
             col: (events[col] if col in events else pd.Series(None, index=events.index))
             for col in _HASHED_COLUMNS
         }
     )
-    content["event_timestamp"] = pd.to_datetime(content["event_timestamp"], utc=True).astype(
-        "int64"
+    # Hash nanoseconds whatever the input resolution (Parquet reads back microseconds).
+    content["event_timestamp"] = (
+        pd.to_datetime(content["event_timestamp"], utc=True)
+        .astype("datetime64[ns, UTC]")
+        .astype("int64")
     )
     for col in ("amount", "rating"):
         content[col] = pd.to_numeric(content[col]).astype("float64")
     for col in ("customer_id", "channel", "event_type", "session_id", "device", "campaign_id"):
-        content[col] = content[col].astype("string")
-    hashes = pd.util.hash_pandas_object(content, index=False).to_numpy(dtype=np.uint64)
+        # A categorical of strings hashes exactly like the strings, and much faster.
+        if not _is_string_categorical(content[col]):
+            content[col] = content[col].astype("string")
+    return pd.util.hash_pandas_object(content, index=False).to_numpy(dtype=np.uint64)
+
+
+def event_id_hashes_from_codes(
+    columns: dict[str, np.ndarray | tuple[np.ndarray, np.ndarray]],
+) -> np.ndarray:
+    """:func:`event_id_hashes` for data held as codes: the same hashes, without pandas frames.
+
+    ``columns`` maps every hashed column to its values: ``event_timestamp`` as int64 UTC
+    nanoseconds, ``amount`` and ``rating`` as float64 (NaN when absent), and each string
+    column as ``(codes, values)``: int codes into an array of distinct strings, -1 when absent.
+    Strings are hashed once per distinct value, which is what makes bulk generation fast.
+    """
+
+    def column_hash(col: str) -> np.ndarray:
+        value = columns[col]
+        if isinstance(value, tuple):
+            codes, strings = value
+            hashed = pd.util.hash_array(np.asarray(strings, dtype=object), categorize=False)
+            out = hashed[np.maximum(codes, 0)] if len(hashed) else np.zeros(len(codes), np.uint64)
+            out[codes < 0] = np.iinfo(np.uint64).max  # how pandas hashes a missing value
+            return out
+        return pd.util.hash_array(np.asarray(value))
+
+    return combine_hash_arrays((column_hash(c) for c in _HASHED_COLUMNS), len(_HASHED_COLUMNS))
+
+
+def _hex16(hashes: np.ndarray) -> np.ndarray:
     as_bytes = hashes.astype(">u8").view(np.uint8).reshape(-1, 8)
-    return _HEX_PAIRS[as_bytes].view("S16").ravel().astype(str)
+    return _HEX_PAIRS[as_bytes].view("S16").ravel()
+
+
+def compute_event_ids(events: pd.DataFrame) -> np.ndarray:
+    """Deterministic 16-hex-digit ids from each row's content, vectorised.
+
+    Re-ingesting a file therefore produces the same ids, which makes ingest idempotent.
+    Two rows with identical content get the same id and count as one event.
+    """
+    return _hex16(event_id_hashes(events)).astype(str)
+
+
+def event_id_array(hashes: np.ndarray) -> pa.Array:
+    """Event ids as an Arrow string array from :func:`event_id_hashes` (no Python strings)."""
+    hexed = np.ascontiguousarray(_hex16(hashes))
+    offsets = np.arange(len(hexed) + 1, dtype=np.int32) * np.int32(16)
+    return pa.Array.from_buffers(
+        pa.string(), len(hexed), [None, pa.py_buffer(offsets), pa.py_buffer(hexed)]
+    )
 
 
 def to_canonical_table(events: pd.DataFrame) -> pa.Table:
