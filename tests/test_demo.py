@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 
 from feature_repo.config import Settings
 from feature_repo.events import event_count
@@ -22,7 +23,8 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     env = {**os.environ, "OMNISCORE_HOME": str(home)}
     env.pop("MLFLOW_TRACKING_URI", None)
     result = subprocess.run(
-        [str(OMNISCORE), "demo", "--customers", "300", "--days", "200"],
+        # Churn's 60-day label window needs about 300 days of history for time splits.
+        [str(OMNISCORE), "demo", "--customers", "400", "--days", "330", "--trials", "2"],
         env=env,
         capture_output=True,
         text=True,
@@ -36,3 +38,6 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     online = online_features(feature_store(settings), "segments_v1", ["C000001", "C000002"])
     assert online["known"].all(), "demo must leave customers in the online store"
     assert "materialized into sqlite" in result.stdout
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    for name in ("omniscore-propensity", "omniscore-churn", "omniscore-segments"):
+        assert client.get_model_version_by_alias(name, "champion").version == "1"
