@@ -359,6 +359,64 @@ def rollback(
         console.print(f"{result.model_name}: champion {result.from_version} → {result.to_version}")
 
 
+# --- serving -------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind (loopback unless told).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="TCP port.")] = 3000,
+    home: HomeOption = None,
+) -> None:
+    """Serve POST /score with the champion models on the embedded stores (BentoML)."""
+    from serving.launcher import serve as run_server
+
+    settings = _settings(home)
+    console.print(f"serving on http://{host}:{port} (OpenAPI at /docs); Ctrl-C stops")
+    raise typer.Exit(code=run_server(settings, host=host, port=port))
+
+
+@app.command("score-batch")
+def score_batch(
+    out: Annotated[Path, typer.Option(help="Parquet file to write the scores to.")] = Path(
+        "scores.parquet"
+    ),
+    explain: Annotated[bool, typer.Option(help="Add per-customer reasons (slower).")] = False,
+    home: HomeOption = None,
+) -> None:
+    """Score every customer of the latest offline snapshot with the champions."""
+    from serving.batch import score_batch as run_batch
+
+    settings = _settings(home)
+    report = run_batch(settings, out, explain=explain)
+    console.print(
+        f"scored {report.customers:,} customers ({report.known:,} known) → {report.out} in "
+        f"{report.seconds:.2f} s ({report.customers_per_second:,.0f} customers/s); "
+        f"versions {report.versions}"
+    )
+
+
+@app.command()
+def doctor(home: HomeOption = None) -> None:
+    """Show each component's backend and whether it answers (credentials redacted)."""
+    from omniscore.doctor import doctor as run_checks
+    from omniscore.doctor import failures
+
+    settings = _settings(home)
+    checks = run_checks(settings)
+    table = Table(title=f"OmniScore doctor ({settings.home})", title_justify="left")
+    for column in ("component", "backend", "status", "detail"):
+        table.add_column(column)
+    for check in checks:
+        status = "[green]ok[/]" if check.ok else "[bold red]FAIL[/]"
+        table.add_row(check.component, check.backend, status, check.detail)
+    console.print(table)
+    if failures(checks):
+        _fail("some components do not answer (see above)")
+
+
 # --- demo ---------------------------------------------------------------------------------
 
 
@@ -370,7 +428,7 @@ def demo(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
     home: HomeOption = None,
 ) -> None:
-    """Run the main job on the embedded stores: generate, features, train, promote."""
+    """Run the main job on the embedded stores: generate, features, train, promote, score."""
     from feature_repo.features import build_features
     from feature_repo.generate import generate as simulate
     from feature_repo.generate import write_generated
@@ -404,11 +462,36 @@ def demo(
     _print_results(results)
     decisions = [promote_model(settings, model) for model in MODELS]
     _print_decisions(decisions)
+    _score_through_service(settings, ["C000001", "C000002", "C999999"])
     console.rule("next")
     console.print(
         f"MLflow UI:        .venv/bin/mlflow ui --backend-store-uri {settings.tracking_uri}\n"
         f"Optuna dashboard: .venv/bin/optuna-dashboard {settings.optuna_storage_url}"
     )
+
+
+def _score_through_service(settings: Settings, customer_ids: list[str]) -> None:
+    """Start the BentoML service on a free loopback port and score a few customers over HTTP."""
+    from serving.launcher import start_server
+
+    with (
+        console.status("starting the BentoML service and scoring over HTTP"),
+        start_server(settings) as server,
+    ):
+        answer = server.score(customer_ids, explain=False)
+        url = server.url
+    table = Table(title=f"POST {url}/score (the service has stopped again)", title_justify="left")
+    for column in ("customer", "known", "propensity", "churn", "segment"):
+        table.add_column(column)
+    for row in answer["scores"]:
+        table.add_row(
+            row["customer_id"],
+            str(row["known"]),
+            f"{row['propensity']['probability']:.3f} ({row['propensity']['band']})",
+            f"{row['churn']['probability']:.3f} ({row['churn']['band']})",
+            f"{row['segment']['id']}: {row['segment']['name']}",
+        )
+    console.print(table)
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

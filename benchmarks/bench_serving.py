@@ -1,0 +1,264 @@
+"""Serving benchmark: the online endpoint over HTTP, its in-process floor, and batch scoring.
+
+Models come from a trained home (``--models-home``, e.g. a demo's ``./data``) or are trained
+here on a small generated home (two Optuna trials each). The online store is a separate home
+with ``--customers`` customers of synthetic snapshots in the pipeline's format
+(``benchmarks.bench_materialize.write_synthetic``), applied and materialized, so lookups run
+against a store of the target size. Then, against one server started once:
+
+1. floor: in process, one customer's Feast lookup plus the three predictions, sequential —
+   both through Feast's ``get_online_features`` and through the server's own read path;
+2. one id per request, no explanations, one sequential client: p50 / p99;
+3. one id with ``explain``;
+4. 100 ids per request, sequential: customers per second;
+5. 8 concurrent clients with single ids: throughput and p99;
+6. a fixed-concurrency load for ``--load-seconds`` (60): requests, errors, p50 / p99;
+7. batch scoring of every customer (``score_batch``): customers per second.
+
+    .venv/bin/python -m benchmarks.bench_serving --customers 100000
+
+Prints one JSON object (the last line). Clients are Python ``httpx`` with keep-alive, so the
+HTTP figures include the client's own overhead (about half a millisecond per request).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from feature_repo.config import Settings
+from feature_repo.store import apply, feature_store, materialize
+
+TARGETS = {
+    "single_p50_ms": 5.0,
+    "single_p99_ms": 15.0,
+    "ratio_to_floor": 3.0,
+    "batch100_customers_per_s": 3000.0,
+    "batch_customers_per_s": 50000.0,
+}
+
+
+def percentiles(seconds: list[float]) -> dict:
+    """p50 / p99 / mean in milliseconds."""
+    ms = np.asarray(seconds) * 1e3
+    return {
+        "n": int(ms.size),
+        "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p99_ms": round(float(np.percentile(ms, 99)), 3),
+        "mean_ms": round(float(ms.mean()), 3),
+    }
+
+
+def train_small_home(path: Path, customers: int, trials: int) -> Settings:
+    """Generate, build features, apply, materialize, train and promote the three models."""
+    from feature_repo.features import build_features, default_snapshot_range
+    from feature_repo.generate import generate, write_generated
+    from training.registry import promote
+    from training.train import train_model
+
+    settings = Settings.from_env(path)
+    settings.ensure_dirs()
+    write_generated(settings, generate(customers, 300, 11))
+    start, end = default_snapshot_range(settings, weeks=32)
+    build_features(settings, start, end)
+    apply(settings)
+    materialize(settings)
+    for model in ("propensity", "churn", "segments"):
+        train_model(settings, model, trials=trials, seed=3)
+        promote(settings, model, force=True, reason="serving benchmark")
+    return settings
+
+
+def store_home(path: Path, models: Settings, customers: int) -> tuple[Settings, dict]:
+    """A home whose online store holds ``customers`` synthetic customers; same registry."""
+    from benchmarks.bench_materialize import write_synthetic
+
+    settings = Settings(home=path.resolve(), mlflow_tracking_uri=models.tracking_uri)
+    settings.ensure_dirs()
+    started = time.perf_counter()
+    write_synthetic(settings, customers, snapshots=2)
+    apply(settings)
+    report = materialize(settings)
+    return settings, {
+        "customers": report.customers,
+        "prepare_seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def customer_ids(customers: int) -> list[str]:
+    """The synthetic ids ``write_synthetic`` uses."""
+    return [f"{i:07d}" for i in range(customers)]
+
+
+def time_floor(settings: Settings, ids: list[str], repeats: int) -> dict:
+    """In-process lookup + three predictions for one customer, by read path."""
+    from serving.online import OnlineReader
+    from serving.scoring import load_model_set, score
+
+    store = feature_store(settings)
+    models = load_model_set(settings, store)
+    rng = np.random.default_rng(0)
+    out = {}
+    for method in ("feast", "direct"):
+        reader = OnlineReader(store, method)
+        times = []
+        for i in range(repeats + 20):
+            cid = ids[int(rng.integers(len(ids)))]
+            began = time.perf_counter()
+            score(models, reader.read(models.layout, [cid]))
+            if i >= 20:
+                times.append(time.perf_counter() - began)
+        out[method] = percentiles(times)
+    out["trees"] = {
+        m: plan.model.classifier.booster.num_trees() for m, plan in models.classifiers.items()
+    }
+    return out
+
+
+def sequential(client: httpx.Client, bodies, warmup: int = 20) -> tuple[list[float], int]:
+    """Send bodies one after another; (latencies, errors)."""
+    times, errors = [], 0
+    for i, body in enumerate(bodies):
+        began = time.perf_counter()
+        response = client.post("/score", json=body)
+        elapsed = time.perf_counter() - began
+        if response.status_code != 200:
+            errors += 1
+        if i >= warmup:
+            times.append(elapsed)
+    return times, errors
+
+
+def concurrent(url: str, headers: dict, ids: list[str], clients: int, seconds: float) -> dict:
+    """``clients`` threads sending single-id requests for ``seconds``."""
+    stop = time.monotonic() + seconds
+    results: list[tuple[list[float], int, dict]] = []
+
+    def worker(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        times, errors, codes = [], 0, {}
+        with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+            while time.monotonic() < stop:
+                cid = ids[int(rng.integers(len(ids)))]
+                began = time.perf_counter()
+                try:
+                    status = client.post("/score", json={"customer_ids": [cid]}).status_code
+                except httpx.HTTPError:
+                    status = -1
+                times.append(time.perf_counter() - began)
+                codes[status] = codes.get(status, 0) + 1
+                errors += status != 200
+        results.append((times, errors, codes))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    began = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - began
+    times = [x for r in results for x in r[0]]
+    codes: dict = {}
+    for r in results:
+        for k, v in r[2].items():
+            codes[str(k)] = codes.get(str(k), 0) + v
+    return {
+        "clients": clients,
+        "seconds": round(wall, 1),
+        "requests": len(times),
+        "errors": sum(r[1] for r in results),
+        "status_codes": codes,
+        "requests_per_s": round(len(times) / wall, 1),
+        **percentiles(times),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--customers", type=int, default=100_000)
+    parser.add_argument("--models-home", type=Path, default=None)
+    parser.add_argument("--train-customers", type=int, default=2000)
+    parser.add_argument("--trials", type=int, default=2)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--load-seconds", type=float, default=60.0)
+    parser.add_argument("--load-clients", type=int, default=4)
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+
+    from serving.batch import score_batch
+    from serving.launcher import start_server
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="omniscore-bench-serving-"))
+    began = time.perf_counter()
+    if args.models_home:
+        models = Settings.from_env(args.models_home)
+    else:
+        models = train_small_home(work / "models", args.train_customers, args.trials)
+    train_seconds = round(time.perf_counter() - began, 1)
+    settings, prepared = store_home(work / "store", models, args.customers)
+    ids = customer_ids(args.customers)
+    result: dict = {"customers": args.customers, "train_seconds": train_seconds, **prepared}
+    result["floor"] = time_floor(settings, ids, args.requests)
+
+    rng = np.random.default_rng(1)
+    key = "bench-key-0123456789abcdef"
+    options = {"reload_interval": 0, "max_concurrency": 64}
+    with start_server(settings, api_key=key, options=options) as server:
+        with httpx.Client(base_url=server.url, headers=server.headers(), timeout=30) as c:
+            picks = rng.integers(len(ids), size=args.requests + 20)
+            times, errors = sequential(c, [{"customer_ids": [ids[i]]} for i in picks])
+            result["single"] = {**percentiles(times), "errors": errors}
+            picks = rng.integers(len(ids), size=220)
+            bodies = [{"customer_ids": [ids[i]], "explain": True} for i in picks]
+            times, errors = sequential(c, bodies)
+            result["single_explain"] = {**percentiles(times), "errors": errors}
+            blocks = [
+                {"customer_ids": [ids[i] for i in rng.integers(len(ids), size=100)]}
+                for _ in range(120)
+            ]
+            times, errors = sequential(c, blocks)
+            result["batch100"] = {
+                **percentiles(times),
+                "errors": errors,
+                "customers_per_s": round(100 / float(np.mean(times)), 1),
+            }
+        result["concurrent8"] = concurrent(server.url, server.headers(), ids, 8, 15.0)
+        result["load"] = concurrent(
+            server.url, server.headers(), ids, args.load_clients, args.load_seconds
+        )
+    floor = result["floor"]
+    result["ratio_to_floor"] = {
+        m: round(result["single"]["p50_ms"] / floor[m]["p50_ms"], 2) for m in ("feast", "direct")
+    }
+    report = score_batch(settings, work / "scores.parquet")
+    result["batch_scoring"] = {
+        "customers": report.customers,
+        "score_seconds": report.score_seconds,
+        "read_seconds": report.read_seconds,
+        "write_seconds": report.write_seconds,
+        "customers_per_s": round(report.customers_per_second, 1),
+        "customers_per_s_end_to_end": round(report.customers / report.seconds, 1),
+    }
+    result["targets"] = TARGETS
+    result["met"] = {
+        "single_p50": result["single"]["p50_ms"] <= TARGETS["single_p50_ms"],
+        "single_p99": result["single"]["p99_ms"] <= TARGETS["single_p99_ms"],
+        "ratio_to_feast_floor": result["ratio_to_floor"]["feast"] <= TARGETS["ratio_to_floor"],
+        "ratio_to_direct_floor": result["ratio_to_floor"]["direct"] <= TARGETS["ratio_to_floor"],
+        "batch100": result["batch100"]["customers_per_s"] >= TARGETS["batch100_customers_per_s"],
+        "load_zero_errors": result["load"]["errors"] == 0,
+        "batch_scoring": result["batch_scoring"]["customers_per_s"]
+        >= TARGETS["batch_customers_per_s"],
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Serving settings, read from the environment by the BentoML service at start-up.
+
+Every knob has an environment variable so ``omniscore serve``, ``bentoml serve`` and a
+container configure the service the same way. Nothing is read on import: callers use
+:meth:`ServeConfig.from_env`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 3000
+ENV = {
+    "api_key": "OMNISCORE_API_KEY",
+    "max_ids": "OMNISCORE_MAX_IDS",
+    "max_body_bytes": "OMNISCORE_MAX_BODY_BYTES",
+    "timeout": "OMNISCORE_REQUEST_TIMEOUT",
+    "max_concurrency": "OMNISCORE_MAX_CONCURRENCY",
+    "threads": "OMNISCORE_SERVE_THREADS",
+    "reload_interval": "OMNISCORE_RELOAD_INTERVAL",
+    "online_read": "OMNISCORE_ONLINE_READ",
+    "pinned_models": "OMNISCORE_PINNED_MODELS",
+}
+"""Environment variable of each :class:`ServeConfig` field."""
+PINNED_MODELS_FILE = Path(__file__).resolve().parent / "pinned_models.json"
+"""Written by :func:`serving.bento.build_bento` into the Bento: the versions it serves."""
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """How the scoring service behaves.
+
+    - ``api_key``: when set, every endpoint but ``/healthz``, ``/livez`` and ``/readyz``
+      requires ``Authorization: Bearer <key>``;
+    - ``max_ids``: customer ids per ``/score`` request;
+    - ``max_body_bytes``: request bodies above this are refused with 413 before parsing;
+    - ``timeout``: seconds a request may take (online read and scoring) before a 503;
+    - ``max_concurrency``: requests in flight; over it the service answers 429 at once;
+    - ``threads``: worker threads scoring in parallel (LightGBM and SQLite release the GIL);
+    - ``reload_interval``: seconds between registry checks for a moved ``champion``
+      (0 turns polling off; ``POST /admin/reload`` still works);
+    - ``online_read``: ``auto``, ``direct`` or ``feast`` (see :mod:`serving.online`);
+    - ``pinned_models``: a JSON file of versions to serve instead of following ``champion``.
+    """
+
+    api_key: str | None = None
+    max_ids: int = 1000
+    max_body_bytes: int = 1 << 20
+    timeout: float = 10.0
+    max_concurrency: int = 64
+    threads: int = 2
+    reload_interval: float = 30.0
+    online_read: str = "auto"
+    pinned_models: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServeConfig:
+        """Settings from ``env`` (default ``os.environ``); unset variables keep defaults."""
+        env = os.environ if env is None else env
+        default = cls()
+
+        def get(field: str, cast):
+            raw = env.get(ENV[field])
+            if raw is None or raw.strip() == "":
+                return getattr(default, field)
+            try:
+                return cast(raw.strip())
+            except ValueError as exc:
+                raise ValueError(f"{ENV[field]}={raw!r} is not a valid {cast.__name__}") from exc
+
+        pinned = get("pinned_models", str)
+        if pinned is None and PINNED_MODELS_FILE.exists():
+            pinned = str(PINNED_MODELS_FILE)
+        config = cls(
+            api_key=get("api_key", str),
+            max_ids=get("max_ids", int),
+            max_body_bytes=get("max_body_bytes", int),
+            timeout=get("timeout", float),
+            max_concurrency=get("max_concurrency", int),
+            threads=get("threads", int),
+            reload_interval=get("reload_interval", float),
+            online_read=get("online_read", str),
+            pinned_models=pinned,
+        )
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` on a setting that cannot work."""
+        if self.max_ids < 1:
+            raise ValueError("max_ids must be at least 1")
+        if self.max_body_bytes < 1024:
+            raise ValueError("max_body_bytes must be at least 1024")
+        if self.timeout <= 0 or self.max_concurrency < 1 or self.threads < 1:
+            raise ValueError("timeout, max_concurrency and threads must be positive")
+        if self.reload_interval < 0:
+            raise ValueError("reload_interval must be 0 (off) or positive")
+        if self.online_read not in ("auto", "direct", "feast"):
+            raise ValueError("online_read must be auto, direct or feast")
+        if self.api_key is not None and len(self.api_key) < 16:
+            raise ValueError("OMNISCORE_API_KEY must be at least 16 characters")

@@ -1,0 +1,405 @@
+"""Online feature lookup for scoring: one read of the Feast online store per request.
+
+The models of a :class:`~serving.scoring.ModelSet` need the union of their feature services'
+features; :class:`FeatureLayout` fixes that union's column order once, and
+:class:`OnlineReader` returns a :class:`FeatureBatch` (numpy, no pandas) in that order for a
+list of customer ids.
+
+Two read paths give the same values (a test checks them against each other):
+
+- ``feast``: ``FeatureStore.get_online_features`` with pre-built feature references (any
+  online store Feast supports), decoded straight from its response proto;
+- ``direct`` (default for SQLite): one SQL statement over the tables Feast keeps for the
+  views, with the stored ``ValueProto`` bytes decoded by numpy. Feast's SQLite store converts
+  every value into Python objects, which costs about 2 ms per customer at 112 features; this
+  path reads the same rows at a small fraction of that.
+
+A store that is gone or unreadable raises :class:`OnlineStoreUnavailable` (the service answers
+503). Feast keeps its SQLite connection open, so a deleted file would otherwise go on being
+served from the unlinked inode: each read first checks that the configured file is still the
+one the connection holds.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import struct
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import compress, repeat
+from pathlib import Path
+
+import numpy as np
+from feast import FeatureStore
+from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
+
+from feature_repo import online_writer
+from feature_repo.catalog import FEATURES_BY_NAME
+from feature_repo.store import JOIN_KEY
+
+READ_METHODS = ("auto", "direct", "feast")
+_DOUBLE_TAG = 0x29  # ValueProto double_val: field 5, 64-bit
+_STRING_TAG = 0x12  # ValueProto string_val: field 2, length-delimited
+_MISSING_TS = np.iinfo(np.int64).min
+_ABSENT = (FieldStatus.INVALID, FieldStatus.NOT_FOUND)
+
+
+class OnlineStoreUnavailable(RuntimeError):
+    """The online store cannot be read (file gone, unreadable, server unreachable)."""
+
+
+@dataclass(frozen=True)
+class FeatureLayout:
+    """Column order of the feature matrix: the union of some feature services' features.
+
+    ``views`` maps each feature view to the features read from it, ``names`` is their
+    concatenation (matrix column order) and ``strings`` the subset stored as strings.
+    """
+
+    views: dict[str, tuple[str, ...]]
+    names: tuple[str, ...] = field(init=False)
+    strings: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        names = tuple(n for fs in self.views.values() for n in fs)
+        if len(set(names)) != len(names):
+            raise ValueError("a feature name appears in two views; names must be unique")
+        object.__setattr__(self, "names", names)
+        strings = tuple(
+            n for n in names if n in FEATURES_BY_NAME and FEATURES_BY_NAME[n].dtype == "string"
+        )
+        object.__setattr__(self, "strings", strings)
+
+    @property
+    def view_names(self) -> tuple[str, ...]:
+        """Feature views read, in layout order."""
+        return tuple(self.views)
+
+    @property
+    def refs(self) -> list[str]:
+        """Feast feature references ``view:feature`` in column order."""
+        return [f"{v}:{n}" for v, fs in self.views.items() for n in fs]
+
+    def index(self) -> dict[str, int]:
+        """Column of each feature name."""
+        return {n: i for i, n in enumerate(self.names)}
+
+    @classmethod
+    def for_services(cls, store: FeatureStore, services: list[str]) -> FeatureLayout:
+        """The union of the named feature services' features, view by view."""
+        views: dict[str, list[str]] = {}
+        for name in services:
+            service = store.get_feature_service(name)
+            for projection in service.feature_view_projections:
+                wanted = views.setdefault(projection.name, [])
+                wanted += [f.name for f in projection.features if f.name not in wanted]
+        return cls({v: tuple(fs) for v, fs in views.items()})
+
+
+@dataclass
+class FeatureBatch:
+    """Features of some customers in a :class:`FeatureLayout`'s column order.
+
+    ``numeric`` holds float features (NaN when missing; string columns are NaN there too),
+    ``strings`` the raw values of string features (``None`` when missing),
+    ``timestamps`` the snapshot time served per view in epoch seconds
+    (:data:`MISSING_TIMESTAMP` when the customer is absent from the view), and ``known``
+    whether the customer is present in at least one view.
+    """
+
+    customer_ids: list[str]
+    numeric: np.ndarray
+    strings: dict[str, np.ndarray]
+    timestamps: np.ndarray
+    known: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.customer_ids)
+
+
+MISSING_TIMESTAMP = _MISSING_TS
+"""Value of :attr:`FeatureBatch.timestamps` where a customer is absent from a view."""
+
+
+def empty_batch(layout: FeatureLayout, customer_ids: list[str]) -> FeatureBatch:
+    """A batch of customers unknown to every view (all missing)."""
+    n = len(customer_ids)
+    return FeatureBatch(
+        customer_ids=list(customer_ids),
+        numeric=np.full((n, len(layout.names)), np.nan),
+        strings={s: np.full(n, None, dtype=object) for s in layout.strings},
+        timestamps=np.full((n, len(layout.views)), _MISSING_TS, dtype=np.int64),
+        known=np.zeros(n, dtype=bool),
+    )
+
+
+# --- decoding (pure) ----------------------------------------------------------------------
+def _varint(raw: bytes, pos: int) -> tuple[int, int]:
+    shift = result = 0
+    while True:
+        byte = raw[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+
+
+def decode_value(raw: bytes | None) -> float | str | None:
+    """One serialised Feast ``ValueProto`` of a Float64 or String feature (None if empty)."""
+    if not raw:
+        return None
+    if raw[0] == _DOUBLE_TAG and len(raw) == 9:
+        return struct.unpack("<d", raw[1:])[0]
+    if raw[0] == _STRING_TAG:
+        length, pos = _varint(raw, 1)
+        return raw[pos : pos + length].decode("utf-8")
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    value = Value()
+    value.ParseFromString(raw)
+    kind = value.WhichOneof("val")
+    return None if kind in (None, "null_val") else getattr(value, kind)
+
+
+def fill_batch(
+    layout: FeatureLayout,
+    customer_ids: list[str],
+    rows: np.ndarray,
+    cols: np.ndarray,
+    views: np.ndarray,
+    blobs: Sequence[bytes],
+    stamps: np.ndarray,
+) -> FeatureBatch:
+    """A batch from stored cells: customer row, feature column, view, ValueProto, event time.
+
+    Doubles (nine bytes, tag ``0x29``) are decoded in one ``np.frombuffer``; the few other
+    values one by one.
+    """
+    batch = empty_batch(layout, customer_ids)
+    if len(blobs) == 0:
+        return batch
+    lengths = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs))
+    decoded = np.zeros(len(blobs), dtype=bool)
+    nine = np.flatnonzero(lengths == 9)
+    if nine.size:
+        packed = np.frombuffer(
+            b"".join(compress(blobs, (lengths == 9).tolist())),
+            dtype=np.dtype([("tag", "u1"), ("value", "<f8")]),
+        )
+        # A nine-byte value is a double only with the double tag ("\x12\x07desktop" is not).
+        is_double = packed["tag"] == _DOUBLE_TAG
+        doubles = nine[is_double]
+        batch.numeric[rows[doubles], cols[doubles]] = packed["value"][is_double]
+        decoded[doubles] = True
+    string_col = {layout.names.index(s): s for s in layout.strings}
+    for i in np.flatnonzero(~decoded & (lengths > 0)).tolist():
+        value = decode_value(blobs[i])
+        col = int(cols[i])
+        if col in string_col:
+            batch.strings[string_col[col]][rows[i]] = None if value is None else str(value)
+        elif isinstance(value, int | float):
+            batch.numeric[rows[i], col] = float(value)
+    batch.timestamps[rows, views] = stamps
+    batch.known = (batch.timestamps != _MISSING_TS).any(axis=1)
+    return batch
+
+
+# --- the reader ---------------------------------------------------------------------------
+class OnlineReader:
+    """Reads a :class:`FeatureLayout`'s features for a list of customers from one store.
+
+    ``method`` is ``direct`` (SQLite only), ``feast`` or ``auto`` (direct where supported).
+    Thread-safe: the SQLite connection is shared under a lock.
+    """
+
+    def __init__(self, store: FeatureStore, method: str = "auto") -> None:
+        if method not in READ_METHODS:
+            raise ValueError(f"unknown online read method {method!r}; choose one of {READ_METHODS}")
+        self.store = store
+        config = store.config
+        self.sqlite = online_writer.sqlite_supported(config)
+        self.path: Path | None = online_writer.sqlite_path(config) if self.sqlite else None
+        if method == "direct" and not self.sqlite:
+            raise ValueError("the direct read path supports the SQLite online store only")
+        self.method = "direct" if method == "auto" and self.sqlite else method
+        if self.method == "auto":
+            self.method = "feast"
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._inode: tuple[int, int] | None = None
+        self._sql: dict[tuple, str] = {}
+        self._tables = {v.name: v for v in store.list_feature_views()}
+
+    # -- health --------------------------------------------------------------------------
+    def _check_file(self) -> tuple[int, int]:
+        """The SQLite file's identity; raises if it is gone (Feast would create it empty)."""
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            raise OnlineStoreUnavailable(f"online store file {self.path} is missing") from exc
+        if not os.access(self.path, os.R_OK):
+            raise OnlineStoreUnavailable(f"online store file {self.path} is not readable")
+        return st.st_dev, st.st_ino
+
+    def _connection(self) -> sqlite3.Connection:
+        inode = self._check_file()
+        if self._conn is None or inode != self._inode:
+            if self._conn is not None:
+                self._conn.close()
+            uri = f"file:{self.path}?mode=ro"
+            self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            self._inode = inode
+        return self._conn
+
+    def ping(self, layout: FeatureLayout) -> None:
+        """Raise :class:`OnlineStoreUnavailable` unless the store answers a lookup."""
+        self.read(layout, ["__omniscore_readyz__"])
+
+    def close(self) -> None:
+        """Close the SQLite connection (if any)."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    # -- reads ---------------------------------------------------------------------------
+    def read(self, layout: FeatureLayout, customer_ids: list[str]) -> FeatureBatch:
+        """Features of ``customer_ids`` (in order) in ``layout``'s columns: one store read."""
+        ids = [str(c) for c in customer_ids]
+        if not ids:
+            return empty_batch(layout, ids)
+        try:
+            if self.method == "direct":
+                return self._read_sqlite(layout, ids)
+            if self.sqlite:
+                self._check_file()
+            return self._read_feast(layout, ids)
+        except OnlineStoreUnavailable:
+            raise
+        except Exception as exc:  # any store failure is an unavailable store to the caller
+            raise OnlineStoreUnavailable(
+                f"online store read failed: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _statement(self, layout: FeatureLayout, n: int) -> str:
+        """One statement for every view: the requested keys numbered in a CTE, joined to each
+        view's table on its entity-key index (integer positions come back, not key blobs)."""
+        key = (layout.view_names, n)
+        sql = self._sql.get(key)
+        if sql is None:
+            numbered = ",".join(f"({i},?)" for i in range(n))
+            parts = []
+            for v, view in enumerate(layout.view_names):
+                table = online_writer.sqlite_table_name(self.store.config, self._tables[view])
+                parts.append(
+                    f"SELECT {v}, r.pos, t.feature_name, t.value, t.event_ts "
+                    f"FROM r JOIN {_identifier(table)} t ON t.entity_key = r.k"
+                )
+            sql = f"WITH r(pos, k) AS (VALUES {numbered}) " + " UNION ALL ".join(parts)
+            if len(self._sql) > 64:
+                self._sql.clear()
+            self._sql[key] = sql
+        return sql
+
+    def _read_sqlite(self, layout: FeatureLayout, ids: list[str]) -> FeatureBatch:
+        unique_ids = list(dict.fromkeys(ids))
+        version = self.store.config.entity_key_serialization_version
+        keys = online_writer.entity_keys(unique_ids, version)
+        sql = self._statement(layout, len(keys))
+        with self._lock:
+            conn = self._connection()
+            fetched = conn.execute(sql, keys).fetchall()
+        if not fetched:
+            return empty_batch(layout, ids)
+        # Per-cell work stays in C (zip, map over dict lookups, np.fromiter): a 100-id
+        # request is 11,200 cells. Features a view stores but the layout does not use map to -1.
+        views, rows, names, blobs, stamps = zip(*fetched, strict=True)
+        n = len(fetched)
+        column = layout.index()
+        cols = np.fromiter(map(column.get, names, repeat(-1)), dtype=np.int64, count=n)
+        try:
+            seconds = np.fromiter(stamps, dtype=np.int64, count=n)
+        except (TypeError, ValueError):
+            seconds = np.fromiter(map(_epoch_seconds, stamps), dtype=np.int64, count=n)
+        rows = np.fromiter(rows, dtype=np.int64, count=n)
+        views = np.fromiter(views, dtype=np.int64, count=n)
+        wanted = cols >= 0
+        if not wanted.all():
+            blobs = list(compress(blobs, wanted.tolist()))
+            rows, cols, views, seconds = rows[wanted], cols[wanted], views[wanted], seconds[wanted]
+        batch = fill_batch(layout, unique_ids, rows, cols, views, blobs, seconds)
+        return _expand(batch, unique_ids, ids)
+
+    def _read_feast(self, layout: FeatureLayout, ids: list[str]) -> FeatureBatch:
+        response = self.store.get_online_features(
+            features=layout.refs, entity_rows=[{JOIN_KEY: c} for c in ids]
+        )
+        proto = response.proto
+        names = list(proto.metadata.feature_names.val)
+        batch = empty_batch(layout, ids)
+        column = layout.index()
+        view_of = {n: v for v, view in enumerate(layout.view_names) for n in layout.views[view]}
+        strings = set(layout.strings)
+        for name, result in zip(names, proto.results, strict=True):
+            col = column.get(name)
+            if col is None:
+                continue
+            statuses = list(result.statuses)
+            stamps = [t.seconds for t in result.event_timestamps]
+            v = view_of[name]
+            for row, value in enumerate(result.values):
+                if statuses[row] in _ABSENT:
+                    continue
+                batch.timestamps[row, v] = stamps[row]
+                kind = value.WhichOneof("val")
+                if kind is None or kind == "null_val":
+                    continue
+                raw = getattr(value, kind)
+                if name in strings:
+                    batch.strings[name][row] = str(raw)
+                else:
+                    batch.numeric[row, col] = float(raw)
+        batch.known = (batch.timestamps != _MISSING_TS).any(axis=1)
+        return batch
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _identifier(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"'
+
+
+def _epoch_seconds(value) -> int:
+    if isinstance(value, int | float):
+        return int(value)
+    if isinstance(value, bytes | str):
+        text = value.decode() if isinstance(value, bytes) else value
+        try:
+            return int(text)
+        except ValueError:
+            from datetime import UTC, datetime
+
+            parsed = datetime.fromisoformat(text)
+            parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+            return int(parsed.timestamp())
+    return int(value.timestamp())
+
+
+def _expand(batch: FeatureBatch, unique_ids: list[str], ids: list[str]) -> FeatureBatch:
+    """Repeat rows for ids requested more than once (the store was asked each id once)."""
+    if len(unique_ids) == len(ids):
+        return batch
+    where = {c: i for i, c in enumerate(unique_ids)}
+    take = np.asarray([where[c] for c in ids], dtype=np.int64)
+    return FeatureBatch(
+        customer_ids=list(ids),
+        numeric=batch.numeric[take],
+        strings={k: v[take] for k, v in batch.strings.items()},
+        timestamps=batch.timestamps[take],
+        known=batch.known[take],
+    )

@@ -1,0 +1,455 @@
+"""The OmniScore scoring service: one class-based ``@bentoml.service``.
+
+Start it with ``omniscore serve`` (:func:`serving.launcher.serve`) or
+``bentoml serve serving.service:OmniScore --host 127.0.0.1 --port 3000`` with
+``OMNISCORE_HOME`` set. At start-up it loads the ``champion`` version of
+``omniscore-propensity``, ``omniscore-churn`` and ``omniscore-segments`` from the configured
+MLflow registry, reads from each version's tags the Feast feature service it was trained on,
+and opens the Feast store of the home.
+
+Endpoints: ``POST /score``; ``GET /healthz`` (the process runs), ``GET /readyz`` (models
+loaded and the online store answers), ``GET /metrics`` (Prometheus), ``POST /admin/reload``
+(check the registry now). Settings come from the environment (:class:`ServeConfig`); this
+module reads them when BentoML imports it, since the service decorator needs them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from functools import cache
+from typing import Annotated, Literal
+
+import bentoml
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
+from starlette.responses import JSONResponse
+
+from serving.config import DEFAULT_HOST, DEFAULT_PORT, ServeConfig
+from serving.guard import Guard
+
+logger = logging.getLogger("omniscore.serving")
+CONFIG = ServeConfig.from_env()
+INLINE_IDS = 8
+"""Requests of at most this many ids (without explain) on the direct SQLite read are scored on
+the event loop; larger ones, explanations and remote stores go to a worker thread."""
+EXAMPLE_VERSIONS = {"propensity": "3", "churn": "2", "segments": "1"}
+
+CustomerId = Annotated[
+    str,
+    StringConstraints(strict=True, min_length=1, max_length=128),
+    Field(description="A customer id as the event store keeps it.", examples=["C000042"]),
+]
+
+
+# --- request and response models ----------------------------------------------------------
+class ScoreRequest(BaseModel):
+    """Customers to score."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"example": {"customer_ids": ["C000001", "C000002"], "explain": False}},
+    )
+
+    customer_ids: list[CustomerId] = Field(
+        min_length=1,
+        max_length=CONFIG.max_ids,
+        description=f"Customer ids to score, 1 to {CONFIG.max_ids} per request "
+        "(OMNISCORE_MAX_IDS). Results come back in the same order.",
+        examples=[["C000001", "C000002"]],
+    )
+    explain: StrictBool = Field(
+        default=False,
+        description="Also return each score's top reasons and its contributions per channel. "
+        "Costs roughly 30 predictions per customer, so it is off by default.",
+        examples=[False],
+    )
+
+
+class ModelScore(BaseModel):
+    """One classifier's output for a customer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    probability: float = Field(
+        ge=0, le=1, description="Calibrated probability of the event.", examples=[0.31]
+    )
+    score: float = Field(
+        ge=0,
+        le=100,
+        description="0-100: the probability's percentile in the training population.",
+        examples=[82.5],
+    )
+    band: Literal["low", "medium", "high"] = Field(
+        description="low below the 70th training percentile, medium to the 90th, high above.",
+        examples=["medium"],
+    )
+
+
+class SegmentOut(BaseModel):
+    """The behavioural segment a customer is assigned to."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: int = Field(description="Stable segment id (kept across retrains).", examples=[2])
+    name: str = Field(
+        description="Human-readable segment name.", examples=["app-first, high value"]
+    )
+
+
+class Reason(BaseModel):
+    """One feature's contribution to a score."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    feature: str = Field(description="Feature name (docs/features.md).", examples=["web_events_7d"])
+    value: float | str | None = Field(
+        description="The feature's value for this customer (null when missing).", examples=[14.0]
+    )
+    contribution: float = Field(
+        description="SHAP contribution to the raw score (log-odds); positive raises it.",
+        examples=[0.42],
+    )
+    channel: str = Field(
+        description="Channel the feature describes, or profile / cross_channel.",
+        examples=["web"],
+    )
+
+
+class Explanation(BaseModel):
+    """Why a classifier scored a customer as it did (exact TreeSHAP, log-odds units)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    raw_score: float = Field(description="The model's raw score (log-odds, before calibration).")
+    base_value: float = Field(description="The raw score of an average customer (SHAP base).")
+    top_reasons: list[Reason] = Field(description="Features with the largest |contribution|.")
+    channels: dict[str, float] = Field(
+        description="Contributions summed per channel; with base_value they add up to raw_score.",
+        examples=[{"web": 0.3, "email": -0.1, "store": 0.05, "profile": 0.01}],
+    )
+
+
+class Explanations(BaseModel):
+    """Explanations of both classifiers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    propensity: Explanation = Field(description="Why the propensity score is what it is.")
+    churn: Explanation = Field(description="Why the churn risk is what it is.")
+
+
+class ModelVersions(BaseModel):
+    """Registered versions that produced the scores."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    propensity: str = Field(description="omniscore-propensity version.", examples=["3"])
+    churn: str = Field(description="omniscore-churn version.", examples=["2"])
+    segments: str = Field(description="omniscore-segments version.", examples=["1"])
+
+
+class CustomerScore(BaseModel):
+    """Scores of one customer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    customer_id: str = Field(description="The id as requested.", examples=["C000001"])
+    known: bool = Field(
+        description="False when the online store has no features for this customer: the "
+        "scores and segment are then the population's cold-start defaults.",
+        examples=[True],
+    )
+    propensity: ModelScore = Field(description="Purchase propensity.")
+    churn: ModelScore = Field(description="Churn risk.")
+    segment: SegmentOut = Field(description="Behavioural segment.")
+    feature_timestamp: str | None = Field(
+        description="Freshness: the snapshot time (UTC, ISO 8601) of the oldest feature view "
+        "served for this customer; null when unknown.",
+        examples=["2026-06-29T00:00:00Z"],
+    )
+    model_versions: ModelVersions = Field(description="Model versions used.")
+    explanation: Explanations | None = Field(
+        default=None,
+        description="Only with explain=true, and null for unknown customers.",
+    )
+
+
+class ScoreResponse(BaseModel):
+    """Scores in request order."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scores: list[CustomerScore] = Field(description="One entry per requested id, in order.")
+    model_versions: ModelVersions = Field(
+        description="Model versions used for every score of this response.",
+        examples=[EXAMPLE_VERSIONS],
+    )
+
+
+class ReloadRequest(BaseModel):
+    """Reload options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    force: StrictBool = Field(
+        default=False,
+        description="Reload even when the registry's versions are the ones being served.",
+    )
+
+
+class ReloadResponse(BaseModel):
+    """What a reload did."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reloaded: bool = Field(description="Whether a new model set was swapped in.")
+    model_versions: ModelVersions = Field(description="Versions served after the call.")
+    previous_versions: ModelVersions | None = Field(
+        default=None, description="Versions served before, when they changed."
+    )
+
+
+# --- metrics ------------------------------------------------------------------------------
+@cache
+def _metrics() -> dict:
+    return {
+        "customers": bentoml.metrics.Counter(
+            name="omniscore_customers_scored_total",
+            documentation="Customers scored, by whether the online store knew them.",
+            labelnames=["known"],
+        ),
+        "reloads": bentoml.metrics.Counter(
+            name="omniscore_model_reloads_total",
+            documentation="Model set reloads, by outcome (swapped, unchanged, failed).",
+            labelnames=["outcome"],
+        ),
+        "unavailable": bentoml.metrics.Counter(
+            name="omniscore_online_store_unavailable_total",
+            documentation="Requests answered 503 because the online store failed.",
+        ),
+        "seconds": bentoml.metrics.Histogram(
+            name="omniscore_score_seconds",
+            documentation="Time to read features and score one request, in seconds.",
+            buckets=(0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0),
+        ),
+    }
+
+
+def _error(status: int, error: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": error, "message": message}, status_code=status)
+
+
+def _readiness() -> tuple[bool, dict]:
+    try:
+        instance = bentoml.get_current_service()
+    except Exception:
+        instance = None
+    if instance is None:
+        return False, {"reason": "the service is starting"}
+    return instance.readiness()
+
+
+# --- the service --------------------------------------------------------------------------
+@bentoml.service(
+    name="omniscore",
+    workers=1,
+    threads=CONFIG.threads,
+    traffic={"timeout": CONFIG.timeout + 5, "max_concurrency": CONFIG.max_concurrency},
+    http={"host": DEFAULT_HOST, "port": DEFAULT_PORT},
+)
+class OmniScore:
+    """Real-time customer scores: propensity, churn risk and segment from Feast features."""
+
+    def __init__(self) -> None:
+        from feature_repo.config import Settings
+        from feature_repo.store import feature_store
+        from serving.online import OnlineReader
+
+        self.config = CONFIG
+        self.settings = Settings.from_env()
+        self.store = feature_store(self.settings)
+        self.reader = OnlineReader(self.store, self.config.online_read)
+        self.models = None  # a ModelSet; replaced whole, never mutated
+        self.load_error: str | None = None
+        self._reload_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._pinned = self._read_pins()
+        self._limiter = None  # created on the event loop by the first request
+        try:
+            self.reload(force=True)
+        except Exception as exc:  # serve /healthz and a reasoned /readyz while retrying
+            logger.exception("loading the models failed; retrying every reload interval")
+            self.load_error = f"{type(exc).__name__}: {exc}"
+        interval = self.config.reload_interval or (5.0 if self.models is None else 0)
+        if interval:
+            self._watcher = threading.Thread(
+                target=self._watch, args=(interval,), name="omniscore-reload", daemon=True
+            )
+            self._watcher.start()
+
+    # -- models --------------------------------------------------------------------------
+    def _read_pins(self) -> dict[str, str] | None:
+        path = self.config.pinned_models
+        if not path:
+            return None
+        with open(path) as handle:
+            pins = json.load(handle)
+        return {k: str(v) for k, v in pins.get("versions", pins).items()}
+
+    def _wanted_versions(self) -> dict[str, str]:
+        from serving.scoring import champion_versions
+
+        return dict(self._pinned) if self._pinned else champion_versions(self.settings)
+
+    def reload(self, force: bool = False) -> dict:
+        """Load the registry's versions if they differ from those served; swap atomically.
+
+        The new :class:`~serving.scoring.ModelSet` is built completely (downloaded, verified,
+        warmed up) before one reference assignment makes it current; a request in flight
+        keeps the set it started with.
+        """
+        from serving.online import empty_batch
+        from serving.scoring import load_model_set, score
+
+        with self._reload_lock:
+            current = self.models
+            wanted = self._wanted_versions()
+            if current is not None and current.versions == wanted and not force:
+                _metrics()["reloads"].labels(outcome="unchanged").inc()
+                return {"reloaded": False, "model_versions": current.versions}
+            try:
+                fresh = load_model_set(self.settings, self.store, wanted, reuse=current)
+                score(fresh, empty_batch(fresh.layout, ["__warmup__"]))
+            except Exception:
+                _metrics()["reloads"].labels(outcome="failed").inc()
+                raise
+            self.models = fresh
+            self.load_error = None
+            _metrics()["reloads"].labels(outcome="swapped").inc()
+            logger.info("serving model versions %s", fresh.versions)
+            return {
+                "reloaded": True,
+                "model_versions": fresh.versions,
+                "previous_versions": current.versions if current else None,
+            }
+
+    def _watch(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                self.reload()
+            except Exception as exc:
+                logger.warning("model reload failed, keeping the current set: %s", exc)
+                if self.models is None:
+                    self.load_error = f"{type(exc).__name__}: {exc}"
+
+    def readiness(self) -> tuple[bool, dict]:
+        """``(ready, detail)``: models loaded and the online store answering."""
+        from serving.online import OnlineStoreUnavailable
+
+        models = self.models
+        if models is None:
+            return False, {"reason": f"models not loaded: {self.load_error or 'loading'}"}
+        detail = {"model_versions": models.versions, "online_read": self.reader.method}
+        try:
+            self.reader.ping(models.layout)
+        except OnlineStoreUnavailable as exc:
+            return False, {**detail, "reason": str(exc)}
+        return True, detail
+
+    def __is_ready__(self) -> bool:
+        return self.readiness()[0]
+
+    @bentoml.on_shutdown
+    def _shutdown(self) -> None:
+        self._stop.set()
+        self.reader.close()
+
+    # -- endpoints -----------------------------------------------------------------------
+    @bentoml.api(route="/score", input_spec=ScoreRequest, output_spec=ScoreResponse)
+    async def score(self, customer_ids: list[str], explain: bool = False) -> ScoreResponse:
+        """Score customers: propensity and churn (probability, 0-100 score, band), segment,
+        feature freshness and model versions; with ``explain``, the reasons and the
+        contributions per channel. Unknown customers get cold-start scores, not an error."""
+        import anyio
+        import anyio.to_thread
+
+        from serving.online import OnlineStoreUnavailable
+
+        models = self.models  # the set this request uses, whatever a reload does meanwhile
+        if models is None:
+            return _error(503, "not_ready", f"models not loaded: {self.load_error or 'loading'}")
+        started = time.perf_counter()
+        if explain is False and len(customer_ids) <= INLINE_IDS and self.reader.method == "direct":
+            # A few ids from the local SQLite file take well under a millisecond: handing
+            # them to a worker thread and back costs more than that on a busy machine.
+            try:
+                records = self._score_sync(models, customer_ids, False)
+            except OnlineStoreUnavailable as exc:
+                _metrics()["unavailable"].inc()
+                return _error(503, "online_store_unavailable", str(exc))
+            _metrics()["seconds"].observe(time.perf_counter() - started)
+            return ScoreResponse.model_validate(
+                {"scores": records, "model_versions": models.versions}
+            )
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self.config.threads)
+        try:
+            with anyio.fail_after(self.config.timeout):
+                # A store that hangs leaves its thread behind but not the request: the
+                # client gets a 503 at the timeout, and the limiter bounds such threads.
+                records = await anyio.to_thread.run_sync(
+                    self._score_sync,
+                    models,
+                    customer_ids,
+                    explain,
+                    abandon_on_cancel=True,
+                    limiter=self._limiter,
+                )
+        except TimeoutError:
+            _metrics()["unavailable"].inc()
+            return _error(
+                503,
+                "timeout",
+                f"features could not be read and scored within {self.config.timeout:g} s",
+            )
+        except OnlineStoreUnavailable as exc:
+            _metrics()["unavailable"].inc()
+            return _error(503, "online_store_unavailable", str(exc))
+        _metrics()["seconds"].observe(time.perf_counter() - started)
+        return ScoreResponse.model_validate({"scores": records, "model_versions": models.versions})
+
+    def _score_sync(self, models, customer_ids: list[str], explain: bool) -> list[dict]:
+        from serving.scoring import score, to_records
+
+        batch = self.reader.read(models.layout, customer_ids)
+        scores = score(models, batch, explain=explain)
+        known = int(scores.known.sum())
+        counter = _metrics()["customers"]
+        if known:
+            counter.labels(known="true").inc(known)
+        if known < len(scores):
+            counter.labels(known="false").inc(len(scores) - known)
+        return to_records(scores)
+
+    @bentoml.api(route="/admin/reload", input_spec=ReloadRequest, output_spec=ReloadResponse)
+    async def admin_reload(self, force: bool = False) -> ReloadResponse:
+        """Check the registry now and swap in the ``champion`` versions if they moved.
+        Requires the API key; without one configured the endpoint is refused."""
+        import anyio.to_thread
+
+        if not self.config.api_key:
+            return _error(
+                403, "forbidden", "set OMNISCORE_API_KEY to enable the authenticated reload"
+            )
+        try:
+            result = await anyio.to_thread.run_sync(self.reload, force)
+        except Exception as exc:
+            return _error(503, "reload_failed", f"{type(exc).__name__}: {exc}")
+        return ReloadResponse.model_validate(result)
+
+
+OmniScore.add_asgi_middleware(
+    Guard, api_key=CONFIG.api_key, max_body_bytes=CONFIG.max_body_bytes, readiness=_readiness
+)

@@ -1,0 +1,381 @@
+"""The scoring service over real HTTP: a ``bentoml serve`` subprocess on a trained home.
+
+One home per module (generated events, Feast applied and materialized, three models trained
+with two Optuna trials each and promoted) and one server for every test, with an API key and
+a one-second registry poll. The store-failure test runs last because it breaks the store.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from training_home import build_home
+
+from feature_repo.store import feature_store, materialize, online_features
+from serving.batch import score_batch
+from serving.config import PINNED_MODELS_FILE
+from serving.launcher import start_server
+from serving.online import OnlineReader
+from serving.scoring import load_model_set
+from training.model_io import load_champion
+from training.registry import promote
+from training.train import train_model
+
+pytestmark = pytest.mark.slow
+API_KEY = "test-key-0123456789abcdef"
+IDS = [f"C{i:06d}" for i in range(1, 41)]
+UNKNOWN = "not-a-customer-7"
+
+
+def _train_and_promote(settings, model: str, seed: int) -> str:
+    extra = {"horizon_days": 30} if model == "churn" else {}
+    result = train_model(settings, model, trials=2, seed=seed, **extra)
+    decision = promote(settings, model, force=True, reason="serving tests")
+    assert decision.promoted
+    return result.version
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    settings = build_home(tmp_path_factory.mktemp("serving-home"))
+    materialize(settings)
+    for model in ("propensity", "churn", "segments"):
+        _train_and_promote(settings, model, seed=1)
+    return settings
+
+
+@pytest.fixture(scope="module")
+def server(home):
+    options = {
+        "reload_interval": 1,
+        "max_ids": 1000,
+        "max_body_bytes": 256 * 1024,
+        "max_concurrency": 4,
+    }
+    with start_server(home, api_key=API_KEY, options=options) as handle:
+        yield handle
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server.url, headers=server.headers(), timeout=30) as c:
+        yield c
+
+
+def _score(client, ids, explain=False) -> dict:
+    response = client.post("/score", json={"customer_ids": ids, "explain": explain})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+# --- scores ---------------------------------------------------------------------------------
+def test_known_and_unknown_customers(home, client):
+    body = _score(client, [IDS[0], UNKNOWN, IDS[1]])
+    known, unknown, second = body["scores"]
+    assert [s["customer_id"] for s in body["scores"]] == [IDS[0], UNKNOWN, IDS[1]]
+    assert known["known"] and second["known"] and not unknown["known"]
+
+    frame = online_features(feature_store(home), "propensity_v1", [IDS[0]])
+    propensity = load_champion(home, "propensity")
+    expected = float(propensity.predict_proba(frame)[0])
+    assert known["propensity"]["probability"] == pytest.approx(expected, rel=1e-9)
+    assert known["propensity"]["score"] == pytest.approx(
+        float(propensity.score_percentile(expected)), abs=1e-9
+    )
+    assert known["propensity"]["band"] == str(propensity.band(expected))
+    assert known["feature_timestamp"].endswith("Z")
+    assert known["explanation"] is None
+
+    churn, segments = load_champion(home, "churn"), load_champion(home, "segments")
+    for name, model in (("propensity", propensity), ("churn", churn)):
+        assert unknown[name] == {
+            "probability": pytest.approx(model.cold_start["probability"]),
+            "score": pytest.approx(model.cold_start["percentile"]),
+            "band": model.cold_start["band"],
+        }
+    assert unknown["segment"] == {
+        "id": segments.cold_start["segment_id"],
+        "name": segments.cold_start["segment_name"],
+    }
+    assert unknown["feature_timestamp"] is None
+    versions = {"propensity": propensity.version, "churn": churn.version}
+    versions["segments"] = segments.version
+    assert body["model_versions"] == versions == known["model_versions"]
+
+
+def test_a_full_request_of_the_capped_size_is_served(home, client):
+    ids = [f"C{i:06d}" for i in range(1000)]
+    body = _score(client, ids)
+    assert [s["customer_id"] for s in body["scores"]] == ids
+    known = online_features(feature_store(home), "segments_v1", ids)["known"].tolist()
+    assert [s["known"] for s in body["scores"]] == known
+    assert sum(known) == 500  # the home has 500 customers
+
+
+def test_explanations_sum_per_channel_to_the_raw_score(home, client):
+    body = _score(client, IDS[:5] + [UNKNOWN], explain=True)
+    frame = online_features(feature_store(home), "propensity_v1", IDS[:5])
+    for name in ("propensity", "churn"):
+        model = load_champion(home, name)
+        raw = model.raw_score(frame)
+        for i, item in enumerate(body["scores"][:5]):
+            e = item["explanation"][name]
+            assert sum(e["channels"].values()) + e["base_value"] == pytest.approx(
+                e["raw_score"], abs=1e-9
+            )
+            assert e["raw_score"] == pytest.approx(float(raw[i]), abs=1e-9)
+            assert {"web", "email", "store", "profile"} <= set(e["channels"])
+            contributions = [abs(r["contribution"]) for r in e["top_reasons"]]
+            assert contributions == sorted(contributions, reverse=True)
+            assert len(contributions) == 5
+            first = e["top_reasons"][0]
+            value = frame.loc[i, first["feature"]]
+            if isinstance(value, str):
+                assert first["value"] == value
+            elif pd.isna(value):
+                assert first["value"] is None
+            else:
+                assert first["value"] == pytest.approx(float(value))
+    assert body["scores"][5]["explanation"] is None
+
+
+def test_batch_scores_equal_online_scores(home, client, tmp_path):
+    out = tmp_path / "scores.parquet"
+    report = score_batch(home, out)
+    assert report.customers == 500 and report.known == 500
+    batch = pq.read_table(out).to_pandas().set_index("customer_id")
+    body = _score(client, IDS)
+    for item in body["scores"]:
+        row = batch.loc[item["customer_id"]]
+        for name in ("propensity", "churn"):
+            assert row[f"{name}_probability"] == pytest.approx(item[name]["probability"], rel=1e-12)
+            assert row[f"{name}_score"] == pytest.approx(item[name]["score"], rel=1e-12)
+            assert row[f"{name}_band"] == item[name]["band"]
+        assert row["segment_id"] == item["segment"]["id"]
+        assert row["segment_name"] == item["segment"]["name"]
+        stamp = row["feature_timestamp"].isoformat().replace("+00:00", "Z")
+        assert stamp == item["feature_timestamp"]
+        assert row["propensity_version"] == item["model_versions"]["propensity"]
+
+
+def test_direct_and_feast_reads_agree(home):
+    store = feature_store(home)
+    layout = load_model_set(home, store).layout
+    ids = [*IDS[:20], UNKNOWN, IDS[3]]
+    direct = OnlineReader(store, "direct").read(layout, ids)
+    feast = OnlineReader(store, "feast").read(layout, ids)
+    assert np.array_equal(direct.numeric, feast.numeric, equal_nan=True)
+    assert np.array_equal(direct.timestamps, feast.timestamps)
+    assert direct.known.tolist() == feast.known.tolist() == [True] * 20 + [False, True]
+    for name in layout.strings:
+        assert direct.strings[name].tolist() == feast.strings[name].tolist()
+    assert any(v is not None for v in direct.strings["region"].tolist())
+
+
+# --- security and errors --------------------------------------------------------------------
+def test_auth_is_required_except_for_health_checks(server):
+    url = server.url
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong-key-0123456789"},
+        {"Authorization": API_KEY},
+    ):
+        response = httpx.post(f"{url}/score", json={"customer_ids": [IDS[0]]}, headers=headers)
+        assert response.status_code == 401
+        assert "API key" in response.json()["message"]
+        assert httpx.get(f"{url}/metrics", headers=headers).status_code == 401
+        assert httpx.post(f"{url}/admin/reload", json={}, headers=headers).status_code == 401
+    assert httpx.get(f"{url}/healthz").status_code == 200
+    assert httpx.get(f"{url}/readyz").json()["ready"] is True
+    metrics = httpx.get(f"{url}/metrics", headers=server.headers())
+    assert metrics.status_code == 200
+    assert "omniscore_customers_scored_total" in metrics.text
+    assert "bentoml_service_request_total" in metrics.text
+
+
+BAD_INPUTS = [
+    ("malformed JSON", b'{"customer_ids": ["C000001"', "Invalid JSON"),
+    ("wrong type", {"customer_ids": "C000001"}, "customer_ids: Input should be a valid"),
+    ("empty list", {"customer_ids": []}, "at least 1 item"),
+    ("too many ids", {"customer_ids": ["C1"] * 1001}, "at most 1000 items"),
+    (
+        "non-string id",
+        {"customer_ids": ["C000001", 42]},
+        "customer_ids.1: Input should be a valid string",
+    ),
+    ("unknown field", {"customer_ids": ["C000001"], "limit": 3}, "limit: Extra inputs"),
+    ("explain not a boolean", {"customer_ids": ["C1"], "explain": "yes"}, "explain: Input should"),
+    ("missing ids", {}, "customer_ids: Field required"),
+    ("empty id", {"customer_ids": [""]}, "at least 1 character"),
+]
+
+
+@pytest.mark.parametrize("case, body, expected", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_gets_a_4xx_saying_what_is_wrong(client, case, body, expected):
+    if isinstance(body, bytes):
+        response = client.post("/score", content=body, headers={"content-type": "application/json"})
+    else:
+        response = client.post("/score", json=body)
+    assert 400 <= response.status_code < 500, response.text
+    assert expected in response.json()["message"]
+    assert "Traceback" not in response.text
+
+
+def test_oversized_body_and_wrong_media_type_are_refused(client):
+    response = client.post(
+        "/score", content=b'{"customer_ids": ["' + b"x" * 300_000 + b'"]}',
+        headers={"content-type": "application/json"},
+    )  # fmt: skip
+    assert response.status_code == 413 and "exceeds" in response.json()["message"]
+    response = client.post(
+        "/score", content=b"customer_ids=C1", headers={"content-type": "text/plain"}
+    )
+    assert response.status_code == 415 and "JSON" in response.json()["message"]
+    response = client.get("/no-such-endpoint")
+    assert response.status_code == 404 and response.json()["error"] == "not_found"
+
+
+def test_openapi_documents_every_field(client):
+    response = client.get("/docs", follow_redirects=False)
+    assert response.status_code == 307
+    spec = client.get("/docs.json").json()
+    schemas = spec["components"]["schemas"]
+    request = next(v for k, v in schemas.items() if k.startswith("ScoreRequest"))
+    assert request["additionalProperties"] is False
+    for field in ("customer_ids", "explain"):
+        assert request["properties"][field]["description"]
+    for model in ("CustomerScore", "ModelScore", "Explanation", "Reason"):
+        for field, prop in schemas[model]["properties"].items():
+            assert prop.get("description"), f"{model}.{field} has no description"
+
+
+def test_over_the_concurrency_limit_answers_429_at_once(server):
+    ids = [f"C{i:06d}" for i in range(1000)]
+    codes: list[int] = []
+    barrier = threading.Barrier(12)
+
+    def heavy() -> None:
+        with httpx.Client(base_url=server.url, headers=server.headers(), timeout=60) as c:
+            barrier.wait()
+            r = c.post("/score", json={"customer_ids": ids, "explain": True})
+            codes.append(r.status_code)
+            if r.status_code == 429:
+                assert r.json()["error"]
+
+    threads = [threading.Thread(target=heavy) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(set(codes)) == [200, 429], codes
+    assert codes.count(200) >= 1
+
+
+def test_bento_build_pins_the_champion_versions(home, tmp_path):
+    from serving.bento import build_bento
+
+    built = build_bento(home, bentoml_home=str(tmp_path / "bentoml"))
+    pinned = json.loads((Path(built.path) / "src" / "serving" / "pinned_models.json").read_text())
+    champions = {m: load_champion(home, m).version for m in ("propensity", "churn", "segments")}
+    assert pinned["versions"] == built.versions == champions
+    manifest = (Path(built.path) / "bento.yaml").read_text()
+    assert f"churn_version: '{champions['churn']}'" in manifest
+    assert not PINNED_MODELS_FILE.exists(), "the pin file must not stay in the working tree"
+
+
+# --- hot reload -----------------------------------------------------------------------------
+def test_hot_reload_after_a_promotion_fails_no_request(home, server, client):
+    before = _score(client, [IDS[0]])["model_versions"]
+    results: list[tuple[int, dict | None]] = []
+    stop = threading.Event()
+
+    def keep_scoring() -> None:
+        with httpx.Client(base_url=server.url, headers=server.headers(), timeout=30) as c:
+            while not stop.is_set():
+                r = c.post("/score", json={"customer_ids": IDS[:3]})
+                results.append((r.status_code, r.json() if r.status_code == 200 else None))
+                time.sleep(0.005)  # leave the 2 cores some room for the training meanwhile
+
+    thread = threading.Thread(target=keep_scoring, daemon=True)
+    thread.start()
+    try:
+        new_version = _train_and_promote(home, "churn", seed=2)
+        assert new_version != before["churn"]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if (
+                results
+                and results[-1][1]
+                and results[-1][1]["model_versions"]["churn"] == new_version
+            ):
+                break
+            time.sleep(0.2)
+        time.sleep(0.5)  # keep scoring a little after the swap
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert results, "the client never got an answer"
+    failures = [code for code, _ in results if code != 200]
+    assert failures == [], f"{len(failures)} failed requests during the reload"
+    seen = [body["model_versions"]["churn"] for _, body in results]
+    assert seen[0] == before["churn"] and seen[-1] == new_version
+    switch = seen.index(new_version)
+    assert all(v == new_version for v in seen[switch:]), "versions went back and forth"
+    for _, body in results:  # every response is consistent with the versions it reports
+        assert all(s["model_versions"] == body["model_versions"] for s in body["scores"])
+
+    # The authenticated reload answers with what is served.
+    response = client.post("/admin/reload", json={})
+    assert response.status_code == 200
+    assert response.json()["model_versions"]["churn"] == new_version
+
+
+# --- the online store failing (last: it breaks the store) -----------------------------------
+@pytest.mark.parametrize("failure", ["removed", "unreadable"])
+def test_online_store_failure_gives_503_and_not_ready(home, server, client, failure):
+    path = Path(home.online_store_path)
+    aside = path.with_name(path.name + ".aside")
+    shutil.move(path, aside)
+    try:
+        if failure == "unreadable":
+            path.write_bytes(b"this is not a SQLite database" * 100)
+        started = time.monotonic()
+        response = client.post("/score", json={"customer_ids": [IDS[0]]})
+        assert time.monotonic() - started < 10
+        assert response.status_code == 503, response.text
+        assert response.json()["error"] == "online_store_unavailable"
+        assert "Traceback" not in response.text
+        ready = httpx.get(f"{server.url}/readyz")
+        assert ready.status_code == 503 and ready.json()["ready"] is False
+        assert httpx.get(f"{server.url}/healthz").status_code == 200
+    finally:
+        path.unlink(missing_ok=True)
+        shutil.move(aside, path)
+    assert client.post("/score", json={"customer_ids": [IDS[0]]}).status_code == 200
+    assert httpx.get(f"{server.url}/readyz").status_code == 200
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local addresses with a socket listening on ``port`` (from /proc/net/tcp and tcp6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.rsplit(":", 1)
+            if state == "0A" and int(hex_port, 16) == port:
+                found.add(address)
+    return found
+
+
+def test_server_binds_loopback_by_default(server):
+    port = int(server.url.rsplit(":", 1)[1])
+    assert _listening_addresses(port) == {"0100007F"}  # 127.0.0.1, not 0.0.0.0 / ::
