@@ -378,6 +378,16 @@ def serve(
     raise typer.Exit(code=run_server(settings, host=host, port=port))
 
 
+@app.command()
+def bento(home: HomeOption = None) -> None:
+    """Build a Bento (``bentoml build``) that pins the current champion versions."""
+    from serving.bento import build_bento
+
+    settings = _settings(home)
+    built = build_bento(settings)
+    console.print(f"built {built.tag} with model versions {built.versions}")
+
+
 @app.command("score-batch")
 def score_batch(
     out: Annotated[Path, typer.Option(help="Parquet file to write the scores to.")] = Path(
