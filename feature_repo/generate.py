@@ -106,7 +106,7 @@ CHURN_LAG = 0.8
 ONSET_PRESSURE, CHURN_PRESSURE = 1.5, 0.4
 """How much complaint pressure multiplies the drift-onset and the churn hazards."""
 
-SESSION_EVENTS = 2.5
+SESSION_EVENTS = 2.0
 """Mean events per web or app browsing session (1 + Poisson)."""
 ABANDONED_CART_SMS = 0.35
 """Share of abandoned app carts that trigger a reminder SMS (for SMS-opted customers)."""
@@ -135,11 +135,11 @@ CAMPAIGNS: dict[str, tuple[str, str, int, int, int]] = {
     # kind: (channel, send event type, weekday, every n weeks, send hour)
     "email": ("email", "email_send", 1, 2, 9),
     "deals": ("email", "email_send", 4, 1, 10),
-    "push": ("push", "push_send", 5, 2, 18),
+    "push": ("push", "push_send", 5, 4, 18),
     "sms": ("sms", "sms_send", 3, 4, 12),
 }
 """Marketing send schedule: a newsletter every other Tuesday, deals every Friday (to deal
-subscribers), push every other Saturday and SMS every fourth Thursday."""
+subscribers), push every fourth Saturday and SMS every fourth Thursday."""
 CART_CAMPAIGN = "sms-cart-reminder"
 
 
@@ -185,7 +185,7 @@ class Archetype:
 ARCHETYPES: tuple[Archetype, ...] = (
     Archetype(
         "digital_first", 0.22,
-        browse=(0.0935, 0.0935, 0.0187, 0.0047), research=(1, 1, 0, 0),
+        browse=(0.0748, 0.0748, 0.0187, 0.0047), research=(1, 1, 0, 0),
         buy=(0.0066, 0.0066, 0.0011, 0), intent_buy=(0.5, 0.5, 0, 0),
         web_to_store=0.00055, cart_recovery=0.0022, intent_rate=1 / 18, email_research=0.3,
         email_open=0.25, email_click=0.2, email_buy=0.1, email_buy_app=0.5,
@@ -197,7 +197,7 @@ ARCHETYPES: tuple[Archetype, ...] = (
     ),
     Archetype(
         "store_loyalist", 0.18,
-        browse=(0.0164, 0.0019, 0.0047, 0.0765), research=(1, 0, 0, 0.4),
+        browse=(0.0131, 0.0015, 0.0047, 0.0765), research=(1, 0, 0, 0.4),
         buy=(0.0011, 0, 0.0154, 0.00165), intent_buy=(0, 0, 0.9, 0.1),
         web_to_store=0.0033, cart_recovery=0, intent_rate=1 / 25, email_research=0.0,
         email_open=0.15, email_click=0.08, email_buy=0.05, email_buy_app=0.0,
@@ -209,7 +209,7 @@ ARCHETYPES: tuple[Archetype, ...] = (
     ),
     Archetype(
         "deal_seeker", 0.20,
-        browse=(0.0234, 0.0421, 0.0234, 0.0071), research=(0.5, 1, 0.5, 0),
+        browse=(0.0187, 0.0337, 0.0234, 0.0071), research=(0.5, 1, 0.5, 0),
         buy=(0.00165, 0.00275, 0.0011, 0), intent_buy=(0.2, 0.8, 0, 0),
         web_to_store=0.00055, cart_recovery=0.0033, intent_rate=1 / 20, email_research=0.8,
         email_open=0.6, email_click=0.45, email_buy=0.3, email_buy_app=0.85,
@@ -221,7 +221,7 @@ ARCHETYPES: tuple[Archetype, ...] = (
     ),
     Archetype(
         "omnichannel_vip", 0.12,
-        browse=(0.119, 0.119, 0.0425, 0.0765), research=(1, 1, 0.5, 1),
+        browse=(0.0952, 0.0952, 0.0425, 0.0765), research=(1, 1, 0.5, 1),
         buy=(0.014, 0.014, 0.018, 0.003), intent_buy=(0.3, 0.3, 0.35, 0.05),
         web_to_store=0.0044, cart_recovery=0.0022, intent_rate=1 / 10, email_research=0.5,
         email_open=0.45, email_click=0.3, email_buy=0.15, email_buy_app=0.5,
@@ -233,7 +233,7 @@ ARCHETYPES: tuple[Archetype, ...] = (
     ),
     Archetype(
         "drifting_churner", 0.15,
-        browse=(0.0421, 0.0234, 0.014, 0.0187), research=(1, 0.5, 0, 0),
+        browse=(0.0337, 0.0187, 0.014, 0.0187), research=(1, 0.5, 0, 0),
         buy=(0.0055, 0.0022, 0.0044, 0.0011), intent_buy=(0.5, 0.1, 0.4, 0),
         web_to_store=0.0011, cart_recovery=0.0011, intent_rate=1 / 25, email_research=0.2,
         email_open=0.2, email_click=0.12, email_buy=0.08, email_buy_app=0.3,
@@ -245,7 +245,7 @@ ARCHETYPES: tuple[Archetype, ...] = (
     ),
     Archetype(
         "new_customer", 0.13,
-        browse=(0.0467, 0.0234, 0.0327, 0.014), research=(1, 0.5, 1, 0),
+        browse=(0.0374, 0.0187, 0.0327, 0.014), research=(1, 0.5, 1, 0),
         buy=(0.0033, 0.0022, 0.0011, 0), intent_buy=(0.6, 0.3, 0.1, 0),
         web_to_store=0.00055, cart_recovery=0.0011, intent_rate=1 / 15, email_research=0.3,
         email_open=0.4, email_click=0.25, email_buy=0.1, email_buy_app=0.4,
@@ -353,8 +353,19 @@ class _Sink:
         self.sessions += count
         return ids
 
-    def add(self, cust, t_us, channel, etype, *, amount=None, session=None, device=None,
-            rating=None, campaign=None) -> None:  # fmt: skip
+    def add(
+        self,
+        cust,
+        t_us,
+        channel,
+        etype,
+        *,
+        amount=None,
+        session=None,
+        device=None,
+        rating=None,
+        campaign=None,
+    ) -> None:
         n = len(cust)
         if n == 0:
             return
@@ -465,7 +476,7 @@ def write_generated(settings: Settings, data: GeneratedData) -> dict:
         "duplicates": result.duplicates,
         "customers": len(data.customers),
         "churned": int(truth["churn_date"].notna().sum()),
-        "days": int(data.truth_daily["date"].nunique()),
+        "days": len(data.truth_daily) // max(1, len(data.customers)),
         "archetypes": truth["archetype"].value_counts().sort_index().to_dict(),
     }
 
@@ -516,6 +527,7 @@ def _categorical_rows(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray
 
 
 def _draw_population(rng: np.random.Generator, n: int, days: int) -> _Population:
+    """Each customer's archetype, lifetime, channel rates, responsiveness and profile."""
     shares = np.array([a.share for a in ARCHETYPES])
     counts = np.floor(shares * n).astype(int)
     counts[np.argsort(-(shares * n - counts))[: n - counts.sum()]] += 1
@@ -611,15 +623,14 @@ LOYALTY_SHARES = (0.45, 0.30, 0.17, 0.08)
 
 def _loyalty_tiers(rng: np.random.Generator, activity: np.ndarray, arch: np.ndarray) -> np.ndarray:
     """Loyalty tier by (noisy) customer value, the way a programme ranks its members."""
-    spend = np.array(
-        [sum(a.buy) * a.amount_median for a in ARCHETYPES], dtype=np.float64
-    )[arch]
+    spend = np.array([sum(a.buy) * a.amount_median for a in ARCHETYPES], dtype=np.float64)[arch]
     score = np.log(activity * spend) + rng.normal(0, 0.25, size=len(arch))
     cuts = np.quantile(score, np.cumsum(LOYALTY_SHARES)[:-1])
     return np.searchsorted(cuts, score).astype(np.int8)
 
 
 def _calendar(start: pd.Timestamp, days: int) -> _Calendar:
+    """Weekdays of the period and the campaign days of each kind, with campaign ids."""
     dow = ((start.dayofweek + np.arange(days)) % 7).astype(np.int8)
     week = (np.arange(days) + start.dayofweek) // 7
     dates = pd.date_range(start, periods=days, freq="D")
@@ -859,8 +870,14 @@ def _simulate_block(
             o = np.flatnonzero(u < p_resp)
             delay = rng.exponential(3600 if kind == "push" else 1800, size=o.size)
             rtype = _ET["push_open"] if kind == "push" else _ET["sms_click"]
-            sink.add(g[o], _at(d[o], t_send[o] + delay.astype(np.int64)), _CH[channel], rtype,
-                     device=_devices(rng, pop.device[g[o]], True), campaign=code[o])  # fmt: skip
+            sink.add(
+                g[o],
+                _at(d[o], t_send[o] + delay.astype(np.int64)),
+                _CH[channel],
+                rtype,
+                device=_devices(rng, pop.device[g[o]], True),
+                campaign=code[o],
+            )
         responded_cells.append(cell[o])
         log_no_response += np.bincount(cell, np.log1p(-p_resp), minlength=B * D)
 
@@ -949,13 +966,23 @@ def _emit_browsing(
         device = None
         if name in ("web", "app", "social"):
             device = _devices(rng, pop.device[g[sel]], name == "app")
-        sink.add(g[sel], _at(day[sel], seconds[sel]), _CH[name], etype[sel],
-                 session=session[sel] if name in ("web", "app") else None, device=device)  # fmt: skip
+        sink.add(
+            g[sel],
+            _at(day[sel], seconds[sel]),
+            _CH[name],
+            etype[sel],
+            session=session[sel] if name in ("web", "app") else None,
+            device=device,
+        )
     # An ad click answers an impression shown moments before.
     ads = np.flatnonzero(etype == _ET["ad_click"])
-    sink.add(g[ads], _at(day[ads], seconds[ads] - rng.integers(2, 30, size=ads.size)),
-             _CH["social"], _ET["ad_impression"],
-             device=_devices(rng, pop.device[g[ads]], False))  # fmt: skip
+    sink.add(
+        g[ads],
+        _at(day[ads], seconds[ads] - rng.integers(2, 30, size=ads.size)),
+        _CH["social"],
+        _ET["ad_impression"],
+        device=_devices(rng, pop.device[g[ads]], False),
+    )
     # Abandoned app carts trigger a reminder SMS for opted-in customers; some are clicked.
     carts = np.flatnonzero((etype == _ET["add_to_cart"]) & (channel == 1))
     carts = carts[np.unique(session[carts], return_index=True)[1]]  # one reminder per session
@@ -965,8 +992,14 @@ def _emit_browsing(
     clicked = rng.random(carts.size) < 0.5 * pop.sms_click[g[carts]]
     c = carts[clicked]
     t_click = t_sms[clicked] + rng.exponential(1800, size=c.size).astype(np.int64)
-    sink.add(g[c], _at(day[c], t_click), _CH["sms"], _ET["sms_click"],
-             device=_devices(rng, pop.device[g[c]], True), campaign=0)  # fmt: skip
+    sink.add(
+        g[c],
+        _at(day[c], t_click),
+        _CH["sms"],
+        _ET["sms_click"],
+        device=_devices(rng, pop.device[g[c]], True),
+        campaign=0,
+    )
 
 
 def _amounts(rng: np.random.Generator, pop: _Population, g: np.ndarray) -> np.ndarray:
@@ -975,13 +1008,11 @@ def _amounts(rng: np.random.Generator, pop: _Population, g: np.ndarray) -> np.nd
 
 
 def _online_order(rng, pop, g, day, t_buy, channel: str, sink: _Sink) -> tuple[np.ndarray, ...]:
-    """A web or app purchase session: a product view, an add to cart, then the purchase."""
+    """A web or app checkout session: an add to cart, then the purchase (added by the caller)."""
     ids = sink.new_sessions(g.size)
     dev = _devices(rng, pop.device[g], channel == "app")
-    t_view = t_buy - rng.integers(180, 900, size=g.size)
-    t_cart = t_buy - rng.integers(20, 170, size=g.size)
-    for etype, t in (("product_view", t_view), ("add_to_cart", t_cart)):
-        sink.add(g, _at(day, t), _CH[channel], _ET[etype], session=ids, device=dev)
+    t_cart = t_buy - rng.integers(20, 300, size=g.size)
+    sink.add(g, _at(day, t_cart), _CH[channel], _ET["add_to_cart"], session=ids, device=dev)
     return ids, dev
 
 
@@ -1010,8 +1041,15 @@ def _emit_purchases(
         elif name == "store":
             t_visit = t - rng.integers(300, 2400, size=sel.size)
             sink.add(g[sel], _at(day[sel], t_visit), _CH["store"], _ET["store_visit"])
-        sink.add(g[sel], _at(day[sel], t), _CH[name], _ET["purchase"], amount=amount[sel],
-                 session=session, device=device)  # fmt: skip
+        sink.add(
+            g[sel],
+            _at(day[sel], t),
+            _CH[name],
+            _ET["purchase"],
+            amount=amount[sel],
+            session=session,
+            device=device,
+        )
 
     # Web research in the morning, then the purchase in a store a few hours later.
     sel = np.flatnonzero(route == 4)
@@ -1023,8 +1061,9 @@ def _emit_purchases(
     t_view = t_web + rng.integers(20, 240, size=sel.size)
     sink.add(gs, _at(ds, t_view), _CH["web"], _ET["product_view"], session=ids, device=dev)
     t = t_view + rng.integers(3600, 6 * 3600, size=sel.size)
-    sink.add(gs, _at(ds, t - rng.integers(300, 1800, size=sel.size)), _CH["store"],
-             _ET["store_visit"])  # fmt: skip
+    sink.add(
+        gs, _at(ds, t - rng.integers(300, 1800, size=sel.size)), _CH["store"], _ET["store_visit"]
+    )
     sink.add(gs, _at(ds, t), _CH["store"], _ET["purchase"], amount=amount[sel])
     t_buy[sel], channel[sel] = t, _CH["store"]
 
@@ -1043,8 +1082,9 @@ def _emit_purchases(
     sink.add(gs, _at(ds, t_click), _CH["sms"], _ET["sms_click"], device=dev, campaign=0)
     t = t_click + rng.integers(180, 1200, size=sel.size)
     ids = sink.new_sessions(sel.size)
-    sink.add(gs, _at(ds, t), _CH["app"], _ET["purchase"], amount=amount[sel], session=ids,
-             device=dev)  # fmt: skip
+    sink.add(
+        gs, _at(ds, t), _CH["app"], _ET["purchase"], amount=amount[sel], session=ids, device=dev
+    )
     t_buy[sel], channel[sel] = t, _CH["app"]
     return g, day, np.clip(t_buy, 0, 86_399), channel, amount
 
@@ -1064,8 +1104,15 @@ def _emit_email_purchases(
     channel = np.where(in_app, _CH["app"], _CH["web"]).astype(np.int8)
     for name, sel in (("app", np.flatnonzero(in_app)), ("web", np.flatnonzero(~in_app))):
         ids, dev = _online_order(rng, pop, g[sel], day[sel], t_buy[sel], name, sink)
-        sink.add(g[sel], _at(day[sel], t_buy[sel]), _CH[name], _ET["purchase"],
-                 amount=amount[sel], session=ids, device=dev)  # fmt: skip
+        sink.add(
+            g[sel],
+            _at(day[sel], t_buy[sel]),
+            _CH[name],
+            _ET["purchase"],
+            amount=amount[sel],
+            session=ids,
+            device=dev,
+        )
     return g, day, t_buy, channel, amount
 
 
@@ -1095,9 +1142,14 @@ def _emit_attitudes(
     sink.add(g, _at(day, seconds), channel, etype, session=session, device=device)
     rated = np.flatnonzero(~np.isnan(att.survey_rating[rows]))
     t_survey = seconds[rated] + rng.integers(3600, 6 * 3600, size=rated.size)
-    sink.add(g[rated], _at(day[rated], t_survey), _CH["email"], _ET["survey_response"],
-             device=_devices(rng, pop.device[g[rated]], False),
-             rating=att.survey_rating[rows][rated])  # fmt: skip
+    sink.add(
+        g[rated],
+        _at(day[rated], t_survey),
+        _CH["email"],
+        _ET["survey_response"],
+        device=_devices(rng, pop.device[g[rated]], False),
+        rating=att.survey_rating[rows][rated],
+    )
 
 
 def _emit_after_sales(
@@ -1139,8 +1191,15 @@ def _emit_after_sales(
     session[online] = sink.new_sessions(int(online.sum()))
     device = np.where(online, _devices(rng, pop.device[g[chosen]], False), -1)
     device = np.where(ch == _CH["app"], _devices(rng, pop.device[g[chosen]], True), device)
-    sink.add(g[chosen], _at(when, seconds), ch, _ET["return"], amount=np.maximum(refund, 0.01),
-             session=session, device=device)  # fmt: skip
+    sink.add(
+        g[chosen],
+        _at(when, seconds),
+        ch,
+        _ET["return"],
+        amount=np.maximum(refund, 0.01),
+        session=session,
+        device=device,
+    )
 
     chosen = np.flatnonzero(rng.random(g.size) < pop.review_rate[g])
     when = later_active_day(chosen, 2, 12)
@@ -1149,8 +1208,9 @@ def _emit_after_sales(
     in_app = pop.app_user[gc] & (rng.random(chosen.size) < 0.5)
     ch = np.where(in_app, _CH["app"], _CH["web"]).astype(np.int8)
     s = _dissatisfaction(pop.s0[gc], progress[gc - lo, when])
-    device = np.where(in_app, _devices(rng, pop.device[gc], True),
-                      _devices(rng, pop.device[gc], False))  # fmt: skip
+    device = np.where(
+        in_app, _devices(rng, pop.device[gc], True), _devices(rng, pop.device[gc], False)
+    )
     sink.add(
         gc,
         _at(when, _seconds_in_day(rng, "web", chosen.size)),
