@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -216,6 +217,18 @@ def git_commit() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def launcher_tags(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Tags that nest a training run under the run which launched the job, if any.
+
+    ``mlflow run`` creates a run for the project entry point and passes its id to the command
+    as ``MLFLOW_RUN_ID``. The training run (created in the ``omniscore`` experiment, never
+    resumed from that id, so ``train all`` still gets one run per model) records it as its
+    parent, which leads from the project run to the models it trained.
+    """
+    run_id = (os.environ if env is None else env).get("MLFLOW_RUN_ID", "").strip()
+    return {"mlflow.parentRunId": run_id} if run_id else {}
 
 
 def experiment_id(client, settings: Settings, name: str = EXPERIMENT) -> str:
@@ -461,7 +474,9 @@ def _train_classifier(
     client = _client(settings)
     exp_id = experiment_id(client, settings, experiment)
     study_name = data.study_name(seed)
-    run = client.create_run(exp_id, run_name=f"{model}-train", tags={"omniscore.model": model})
+    run = client.create_run(
+        exp_id, run_name=f"{model}-train", tags={"omniscore.model": model, **launcher_tags()}
+    )
     run_id = run.info.run_id
     try:
         started = time.perf_counter()
@@ -688,7 +703,9 @@ def _train_segments(
     client = _client(settings)
     exp_id = experiment_id(client, settings, experiment)
     study_name, objective = _segment_objective(settings, frame, cutoff, seed)
-    run = client.create_run(exp_id, run_name="segments-train", tags={"omniscore.model": "segments"})
+    run = client.create_run(
+        exp_id, run_name="segments-train", tags={"omniscore.model": "segments", **launcher_tags()}
+    )
     run_id = run.info.run_id
     try:
         started = time.perf_counter()
