@@ -21,11 +21,12 @@ install: $(BIN)/omniscore ## Create .venv from the lock file (uv sync --frozen)
 demo: install ## Run the main job on the embedded stores: generate → features → train → promote → serve
 	$(BIN)/omniscore demo
 
+# Tests train on tiny data, where one LightGBM thread beats two contending for 2 cores.
 test: install ## Run the whole test suite (what .ci/run calls)
-	$(BIN)/python -m pytest -q
+	OMNISCORE_LGBM_THREADS=1 $(BIN)/python -m pytest -q
 
 test-fast: install ## Run the suite without the slow end-to-end tests
-	$(BIN)/python -m pytest -q -m "not slow"
+	OMNISCORE_LGBM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow"
 
 lint: install ## Check lint and formatting with ruff
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -288,12 +288,17 @@ def train(
     storage: Annotated[
         str | None, typer.Option(help="Optuna storage URL (default: under the home).")
     ] = None,
+    min_class: Annotated[
+        int, typer.Option(help="Refuse to train with fewer examples of either class.")
+    ] = 100,
     home: HomeOption = None,
 ) -> None:
     """Tune with Optuna, train, evaluate, log to MLflow and register as challenger."""
     settings = _settings(home)
     settings.ensure_dirs()
     kw = {"horizon_days": horizon_days, "storage_url": storage}
+    if min_class != 100:
+        kw["min_class"] = min_class
     if workers > 1:
         from training.distributed import train_with_workers
 
