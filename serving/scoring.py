@@ -137,11 +137,9 @@ class SegmentPlan:
         )
 
     def scaled(self, batch: FeatureBatch) -> np.ndarray:
-        """Imputed, log1p'd, robust-scaled inputs (``Preprocessor.transform`` on arrays)."""
-        raw = batch.numeric[:, self.columns]
-        x = np.where(np.isfinite(raw), raw, self.fill)
-        x[:, self.log] = np.log1p(np.clip(x[:, self.log], 0, None))
-        return (x - self.center) / self.scale
+        """Derived, imputed, robust-scaled inputs (``Preprocessor.transform`` on arrays)."""
+        # The package owns its input derivation (channel shares, caps, logs, scaling).
+        return self.model.segments.preprocessor.transform_array(batch.numeric[:, self.columns])
 
     def assign(self, batch: FeatureBatch) -> tuple[np.ndarray, np.ndarray]:
         """Segment ids and names per row."""

@@ -46,41 +46,119 @@ def _is_log_feature(name: str) -> bool:
     )
 
 
+SHARE_PREFIX = "share:"
+TOTAL_INPUT = "total:events_90d"
+SHARE_WEIGHT = 4.0
+"""Channel shares (in [0, 1]) are multiplied by this instead of being robust-scaled one by one:
+a common scale keeps the mix a composition (a rare channel's tiny spread is not blown up),
+and a full swing of the mix weighs as much as 4 robust units of value or recency."""
+_MIX_VALUE_INPUTS: dict[str, tuple[float | None, bool]] = {
+    "revenue_90d": (None, True),
+    "avg_order_value_90d": (None, True),
+    "days_since_last_purchase": (_RECENCY_CAP_DAYS, True),
+    "tenure_days": (365.0, False),
+}
+"""Value and lifecycle inputs of the channel-mix recipe: feature -> (upper cap, log1p).
+Tenure is capped at a year and kept linear: "new" against "established" is what matters."""
+
+
 @dataclass
 class Preprocessor:
-    """Imputation, log1p of heavy-tailed features and robust (median / IQR) scaling."""
+    """Derived inputs, imputation, log1p of heavy-tailed inputs and robust (median/IQR) scaling.
+
+    ``features`` are the served raw features the model reads. ``inputs`` are the clustering
+    inputs derived from them, aligned with ``fill``, ``log``, ``cap``, ``center``, ``scale``:
+
+    - ``share:<f>``: ``<f>``'s share of the summed ``<channel>_events_90d`` counts (the channel
+      mix, independent of activity level), scaled by a common factor, not one by one;
+    - ``total:events_90d``: log1p of that sum (the activity level, once);
+    - a feature name: the feature, imputed, capped, optionally log1p'd, robust-scaled.
+
+    With fewer than two channel-count features (or for models saved before inputs were
+    derived, ``inputs`` empty), the inputs are the features themselves.
+    """
 
     features: list[str]
     fill: list[float]
     log: list[bool]
     center: list[float]
     scale: list[float]
+    inputs: list[str] = field(default_factory=list)
+    cap: list[float | None] = field(default_factory=list)
 
     @classmethod
     def fit(cls, frame: pd.DataFrame, features: Sequence[str]) -> Preprocessor:
-        """Learn fills, centres and scales from a training frame."""
+        """Learn the inputs, fills, centres and scales from a training frame."""
         features = list(features)
         raw = frame[features].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
-        fill = []
-        for j, name in enumerate(features):
-            col = raw[:, j]
-            if name.startswith("days_since") or "days_since" in name:
+        channels = [f"{ch}_events_90d" for ch in CHANNELS if f"{ch}_events_90d" in features]
+        if len(channels) >= 2:
+            inputs = [SHARE_PREFIX + c for c in channels] + [TOTAL_INPUT]
+            inputs += [n for n in _MIX_VALUE_INPUTS if n in features]
+        else:
+            inputs = list(features)
+        fill, log, cap = [], [], []
+        for name in inputs:
+            if name.startswith(SHARE_PREFIX) or name == TOTAL_INPUT:
+                fill.append(0.0)
+                log.append(name == TOTAL_INPUT)
+                cap.append(None)
+                continue
+            if "days_since" in name:
                 value = _RECENCY_CAP_DAYS
             else:
+                col = raw[:, features.index(name)]
                 finite = col[np.isfinite(col)]
                 value = float(np.median(finite)) if finite.size else 0.0
             fill.append(float(value))
-        pre = cls(features, fill, [_is_log_feature(n) for n in features], [], [])
-        x = pre._impute_log(raw)
+            if name in _MIX_VALUE_INPUTS and inputs[0].startswith(SHARE_PREFIX):
+                upper, is_log = _MIX_VALUE_INPUTS[name]
+            else:
+                upper, is_log = None, _is_log_feature(name)
+            log.append(is_log)
+            cap.append(upper)
+        pre = cls(features, fill, log, [], [], inputs, cap)
+        x = pre._derive(raw)
         center = np.median(x, axis=0)
         q90, q75, q25, q10 = np.percentile(x, [90, 75, 25, 10], axis=0)
         # A zero-inflated feature has a zero IQR yet still varies: fall back to the 10-90%
         # range (scaled to match the IQR of a normal), then to 1.
         spread = np.maximum(q75 - q25, (q90 - q10) / 2.56)
         scale = np.where(spread > 1e-9, spread, 1.0)
+        shares = np.array([n.startswith(SHARE_PREFIX) for n in inputs], dtype=bool)
+        center[shares] = 0.0
+        scale[shares] = 1.0 / SHARE_WEIGHT
         pre.center = [float(v) for v in center]
         pre.scale = [float(v) for v in scale]
         return pre
+
+    def _derive(self, raw: np.ndarray) -> np.ndarray:
+        """Unscaled inputs (n, len(inputs)) from raw features (n, len(features))."""
+        if not self.inputs:  # a model saved before inputs were derived: inputs = features
+            return self._impute_log(raw)
+        column = {n: j for j, n in enumerate(self.features)}
+        share_src = [
+            n.removeprefix(SHARE_PREFIX) for n in self.inputs if n.startswith(SHARE_PREFIX)
+        ]
+        counts = raw[:, [column[n] for n in share_src]] if share_src else np.zeros((len(raw), 0))
+        counts = np.clip(np.where(np.isfinite(counts), counts, 0.0), 0, None)
+        total = counts.sum(axis=1)
+        shares = counts / np.maximum(total, 1e-9)[:, None]
+        x = np.empty((len(raw), len(self.inputs)))
+        for j, name in enumerate(self.inputs):
+            if name.startswith(SHARE_PREFIX):
+                col = shares[:, share_src.index(name.removeprefix(SHARE_PREFIX))]
+            elif name == TOTAL_INPUT:
+                col = total
+            else:
+                col = raw[:, column[name]]
+                col = np.where(np.isfinite(col), col, self.fill[j])
+            if self.cap[j] is not None:
+                col = np.minimum(col, self.cap[j])
+            if self.log[j]:
+                col = np.log1p(np.clip(col, 0, None))
+            x[:, j] = col
+        return x
 
     def _impute_log(self, raw: np.ndarray) -> np.ndarray:
         x = np.where(np.isfinite(raw), raw, np.asarray(self.fill))
@@ -88,19 +166,23 @@ class Preprocessor:
         x[:, logs] = np.log1p(np.clip(x[:, logs], 0, None))
         return x
 
-    def transform(self, frame: pd.DataFrame) -> np.ndarray:
-        """Scaled matrix (n, d) for a frame holding :attr:`features`."""
-        raw = frame[self.features].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
-        scaled = (self._impute_log(raw) - np.asarray(self.center)) / np.asarray(self.scale)
-        # Clipping at +-CLIP robust units keeps a few extreme customers from owning a cluster.
-        return np.clip(scaled, -CLIP, CLIP)
+    def transform_array(self, raw: np.ndarray) -> np.ndarray:
+        """Scaled inputs (n, len(inputs)) from a raw float matrix with :attr:`features` columns
+        (what serving calls on its arrays)."""
+        x = self._derive(np.asarray(raw, dtype=float))
+        scaled = (x - np.asarray(self.center)) / np.asarray(self.scale)
+        # Clipping at +-CLIP robust units keeps a few extreme customers from owning a cluster
+        # (shares are bounded already: they are left whole).
+        bounded = np.asarray([n.startswith(SHARE_PREFIX) for n in self.inputs], dtype=bool)
+        clipped = np.clip(scaled, -CLIP, CLIP)
+        if bounded.any():
+            clipped[:, bounded] = scaled[:, bounded]
+        return clipped
 
-    def inverse(self, scaled: np.ndarray) -> np.ndarray:
-        """Raw feature values of scaled points (centroids), undoing the scaling and log1p."""
-        x = np.asarray(scaled, dtype=float) * np.asarray(self.scale) + np.asarray(self.center)
-        logs = np.asarray(self.log, dtype=bool)
-        x[:, logs] = np.expm1(x[:, logs])
-        return x
+    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+        """Scaled inputs (n, len(inputs)) for a frame holding :attr:`features`."""
+        raw = frame[self.features].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+        return self.transform_array(raw)
 
 
 # --- clustering -----------------------------------------------------------------------------
@@ -443,7 +525,9 @@ def fit_segment_model(
     sizes = np.bincount(cluster, minlength=k).astype(float)
     raw = frame[list(features)].apply(pd.to_numeric, errors="coerce")
     profile_medians = raw.groupby(cluster).median().reindex(range(k))
-    centroids_raw = pre.inverse(np.asarray(clusterer.means))
+    # Raw "centroids" for matching ids across retrains: per-segment medians of the features
+    # (derived inputs such as shares cannot be inverted to raw features).
+    centroids_raw = profile_medians.fillna(raw.median()).fillna(0.0).to_numpy(dtype=float)
     ids = match_ids(
         centroids_raw,
         np.asarray(champion.centroids_raw) if champion else None,
