@@ -15,6 +15,7 @@ project name whose keys are deleted afterwards.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pprint
 import shutil
@@ -257,6 +258,7 @@ def main() -> None:
             shutil.rmtree(root, ignore_errors=True)
     results["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     pprint.pprint(results, sort_dicts=False)
+    print(json.dumps(results, default=str))
 
 
 if __name__ == "__main__":
