@@ -3,16 +3,102 @@
 All state lives under ``$OMNISCORE_HOME`` (default ``./data``). Importing this module does
 nothing: callers build a :class:`Settings` explicitly (``Settings.from_env()``) and create
 folders only when they write.
+
+Which backend each component uses is said in one place, with this precedence:
+
+1. environment variables (:data:`ENV_VARS`);
+2. the profile file ``$OMNISCORE_HOME/omniscore.toml`` (or ``$OMNISCORE_PROFILE``), whose
+   keys are the :class:`Settings` field names and whose values may use ``${VAR}`` so that
+   passwords stay in the environment, never in the file;
+3. the embedded defaults (SQLite, Parquet and files under the home).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 DEFAULT_HOME = "data"
 FEATURE_REPO_DIR = Path(__file__).resolve().parent
+PROFILE_NAME = "omniscore.toml"
+"""The profile file read from the home (``$OMNISCORE_PROFILE`` names another file)."""
+ENV_VARS: dict[str, str] = {
+    "mlflow_tracking_uri": "MLFLOW_TRACKING_URI",
+    "mlflow_artifacts": "OMNISCORE_MLFLOW_ARTIFACTS",
+    "optuna_storage": "OMNISCORE_OPTUNA_STORAGE",
+    "online_store": "OMNISCORE_ONLINE_STORE",
+    "feast_registry": "OMNISCORE_FEAST_REGISTRY",
+    "feast_project": "OMNISCORE_FEAST_PROJECT",
+    "serving_url": "OMNISCORE_SERVING_URL",
+}
+"""Environment variable of each backend setting; a set variable wins over the profile."""
+_DEFAULTS = {"online_store": "sqlite", "feast_project": "omniscore"}
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# The password runs to the last "@" of the token, as urlparse reads an unencoded "@" in it.
+_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)\S*(?=@)")
+_OPTION_SECRET = re.compile(
+    r"(?P<head>\b(?:password|passwd|pwd|secret|token|api_key|access_key)=)[^,&;\s]*", re.I
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with every credential replaced by ``***``, safe to print or log.
+
+    Covers passwords in URLs (``postgresql://user:secret@host/db``, ``redis://:secret@host``)
+    and ``password=...``-style options (Feast's Redis connection string, query strings).
+    """
+    text = _URL_PASSWORD.sub(r"\g<head>***", text)
+    return _OPTION_SECRET.sub(r"\g<head>***", text)
+
+
+def url_secrets(value: str | None) -> list[str]:
+    """The secret strings inside one configured URL (its password, raw and decoded)."""
+    if not value:
+        return []
+    found: list[str] = []
+    if "://" in value:
+        try:
+            password = urlparse(value).password
+        except ValueError:
+            password = None
+        if password:
+            found += [password, unquote(password)]
+    found += [m.group(0).split("=", 1)[1] for m in _OPTION_SECRET.finditer(value)]
+    return [s for s in dict.fromkeys(found) if s]
+
+
+def load_profile(path: Path, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Backend settings from a TOML profile: keys are :class:`Settings` field names.
+
+    ``${VAR}`` in a value is replaced by the environment variable ``VAR``, so the file can be
+    committed without its passwords. Unknown keys and unset variables raise ``ValueError``.
+    """
+    env = os.environ if env is None else env
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"profile {path} is not valid TOML: {exc}") from exc
+    unknown = sorted(set(data) - set(ENV_VARS))
+    if unknown:
+        raise ValueError(f"profile {path}: unknown keys {unknown}; known: {sorted(ENV_VARS)}")
+    out = {}
+    for key, value in data.items():
+        if not isinstance(value, str):
+            raise ValueError(f"profile {path}: {key} must be a string")
+
+        def expand(match: re.Match, key: str = key) -> str:
+            name = match.group(1)
+            if name not in env:
+                raise ValueError(f"profile {path}: {key} uses ${{{name}}}, which is not set")
+            return env[name]
+
+        out[key] = _VAR.sub(expand, value)
+    return out
 
 
 @dataclass(frozen=True)
@@ -25,19 +111,33 @@ class Settings:
     online_store: str = "sqlite"
     feast_registry: str | None = None
     feast_project: str = "omniscore"
+    mlflow_artifacts: str | None = None
+    """Artifact root for new MLflow experiments: a local (shared) folder or an object-store
+    URI such as ``s3://bucket/omniscore``; default ``<home>/mlartifacts``."""
+    serving_url: str | None = None
+    """Base URL of a running scoring service, checked by ``omniscore doctor`` when set."""
+    profile: Path | None = None
+    """The profile file these settings were read from, if any."""
 
     @classmethod
-    def from_env(cls, home: str | os.PathLike | None = None) -> Settings:
-        """Settings from the environment; ``home`` overrides ``$OMNISCORE_HOME``."""
-        root = Path(home or os.environ.get("OMNISCORE_HOME") or DEFAULT_HOME).resolve()
-        return cls(
-            home=root,
-            mlflow_tracking_uri=os.environ.get("MLFLOW_TRACKING_URI") or None,
-            optuna_storage=os.environ.get("OMNISCORE_OPTUNA_STORAGE") or None,
-            online_store=os.environ.get("OMNISCORE_ONLINE_STORE") or "sqlite",
-            feast_registry=os.environ.get("OMNISCORE_FEAST_REGISTRY") or None,
-            feast_project=os.environ.get("OMNISCORE_FEAST_PROJECT") or "omniscore",
-        )
+    def from_env(
+        cls, home: str | os.PathLike | None = None, env: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Settings from the environment and the home's profile; ``home`` overrides
+        ``$OMNISCORE_HOME``. ``env`` defaults to ``os.environ``."""
+        env = os.environ if env is None else env
+        root = Path(home or env.get("OMNISCORE_HOME") or DEFAULT_HOME).resolve()
+        path = Path(env["OMNISCORE_PROFILE"]) if env.get("OMNISCORE_PROFILE") else None
+        if path is None and (root / PROFILE_NAME).is_file():
+            path = root / PROFILE_NAME
+        if path is not None and not path.is_file():
+            raise ValueError(f"OMNISCORE_PROFILE={path} does not exist")
+        values = load_profile(path, env) if path is not None else {}
+        for key, var in ENV_VARS.items():
+            if env.get(var):
+                values[key] = env[var]
+        values = {k: v for k, v in values.items() if v}
+        return cls(home=root, profile=path, **{**_DEFAULTS, **values})
 
     # --- canonical data ---------------------------------------------------------------
     @property
@@ -89,8 +189,27 @@ class Settings:
 
     @property
     def mlflow_artifacts_dir(self) -> Path:
-        """Where MLflow keeps run artifacts for experiments created under this home."""
-        return self.home / "mlartifacts"
+        """Local folder where MLflow keeps artifacts of experiments created under this home.
+
+        Raises ``ValueError`` when the artifact root is an object-store URI (use
+        :attr:`mlflow_artifact_uri`).
+        """
+        root = self.mlflow_artifacts
+        if not root:
+            return self.home / "mlartifacts"
+        if root.startswith("file://"):
+            return Path(unquote(urlparse(root).path))
+        if "://" in root:
+            raise ValueError(f"artifact root {redact(root)} is not a local folder")
+        return Path(root).expanduser().resolve()
+
+    @property
+    def mlflow_artifact_uri(self) -> str:
+        """Artifact root URI for new MLflow experiments (``file://`` or an object store)."""
+        root = self.mlflow_artifacts
+        if root and "://" in root and not root.startswith("file://"):
+            return root.rstrip("/")
+        return self.mlflow_artifacts_dir.as_uri()
 
     @property
     def optuna_storage_url(self) -> str:
@@ -106,6 +225,13 @@ class Settings:
             self.ground_truth_dir,
             self.features_dir,
             self.feast_dir,
-            self.mlflow_artifacts_dir,
         ):
             path.mkdir(parents=True, exist_ok=True)
+        if self.mlflow_artifact_uri.startswith("file://"):
+            self.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
+
+    def secrets(self) -> list[str]:
+        """Every password found in the configured URLs (for scrubbing messages)."""
+        values = (self.mlflow_tracking_uri, self.optuna_storage, self.online_store,
+                  self.feast_registry, self.mlflow_artifacts, self.serving_url)  # fmt: skip
+        return [s for v in values for s in url_secrets(v)]

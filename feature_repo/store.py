@@ -23,7 +23,7 @@ from feast.types import Float64
 from feast.utils import _convert_arrow_to_proto
 
 from feature_repo import online_writer
-from feature_repo.config import FEATURE_REPO_DIR, Settings
+from feature_repo.config import FEATURE_REPO_DIR, Settings, redact
 from feature_repo.data_sources import snapshot_path
 from feature_repo.definitions import build_definitions
 from feature_repo.feature_views import TTLS
@@ -37,7 +37,7 @@ METHODS = ("bulk", "online_write_batch", "feast")
 """Materialization paths: ``bulk`` (default; byte-identical bulk writer for SQLite and Redis),
 ``online_write_batch`` (Feast's proto conversion and online-store write, our selection of rows)
 and ``feast`` (``FeatureStore.materialize``, Feast's own engine)."""
-_SQL_REGISTRY_SCHEMES = ("postgresql", "mysql", "sqlite")
+_SQL_REGISTRY_SCHEMES = ("postgresql", "postgres", "mysql", "sqlite")
 _ROW = "__omniscore_row"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -48,6 +48,9 @@ def registry_config(settings: Settings) -> dict:
     path = settings.feast_registry_path
     scheme = urlparse(path).scheme.split("+", 1)[0]
     kind = "sql" if scheme in _SQL_REGISTRY_SCHEMES else "file"
+    if urlparse(path).scheme in ("postgresql", "postgres"):
+        # Feast would rewrite a bare scheme to psycopg 3 with a warning; say it explicitly.
+        path = "postgresql+psycopg://" + path.split("://", 1)[1]
     return {
         "registry_type": kind,
         "path": path,
@@ -55,31 +58,54 @@ def registry_config(settings: Settings) -> dict:
     }
 
 
+def default_key_ttl_seconds() -> int:
+    """Redis key TTL the feature views call for: the longest view TTL (the profile's 90 days).
+
+    One Redis hash holds every view of a customer and each write restarts its expiry, so a key
+    expires only once its newest write is older than every view's TTL: by then point-in-time
+    retrieval would treat all of its values as missing anyway, and the memory is reclaimed.
+    """
+    return int(max(TTLS.values()).total_seconds())
+
+
 def redis_online_store_config(spec: str) -> dict:
     """Feast Redis config from ``redis://[:password@]host[:port][/db][?key_ttl_seconds=N]``.
 
-    ``rediss://`` turns on TLS; ``redis:host:port[,option=value...]`` passes Feast's own
-    connection-string format through unchanged.
+    ``rediss://`` turns on TLS; ``redis+cluster://host1:port1,host2:port2`` (or
+    ``rediss+cluster://``) selects a Redis Cluster; ``redis:host:port[,option=value...]``
+    passes Feast's own connection-string format through unchanged. Keys expire after
+    ``key_ttl_seconds`` (default :func:`default_key_ttl_seconds`; ``0`` keeps them forever).
     """
     if "://" not in spec:
         return {"type": "redis", "connection_string": spec.split(":", 1)[1]}
-    url = urlparse(spec)
-    if url.scheme not in ("redis", "rediss"):
-        raise ValueError(f"not a Redis URL: {spec!r}")
-    parts = [f"{url.hostname or 'localhost'}:{url.port or 6379}"]
-    db = url.path.strip("/")
-    if db:
-        parts.append(f"db={int(db)}")
-    if url.password:
-        parts.append(f"password={unquote(url.password)}")
-    if url.username:
-        parts.append(f"username={unquote(url.username)}")
-    if url.scheme == "rediss":
+    scheme, rest = spec.split("://", 1)
+    cluster = scheme.endswith("+cluster")
+    scheme = scheme.removesuffix("+cluster")
+    if scheme not in ("redis", "rediss"):
+        raise ValueError(f"not a Redis URL: {redact(spec)!r}")
+    hosts_part, _, query = rest.partition("?")
+    hosts_part, _, db = hosts_part.partition("/")
+    userinfo, _, hosts = hosts_part.rpartition("@")
+    username, _, password = userinfo.partition(":")
+    parts = []
+    for host in (hosts or "localhost").split(","):
+        url = urlparse(f"{scheme}://{host}")
+        parts.append(f"{url.hostname or 'localhost'}:{url.port or 6379}")
+    if db.strip("/") and not cluster:  # cluster nodes have only db 0
+        parts.append(f"db={int(db.strip('/'))}")
+    if password:
+        parts.append(f"password={unquote(password)}")
+    if username:
+        parts.append(f"username={unquote(username)}")
+    if scheme == "rediss":
         parts.append("ssl=true")
     config: dict = {"type": "redis", "connection_string": ",".join(parts)}
-    ttl = parse_qs(url.query).get("key_ttl_seconds")
-    if ttl:
-        config["key_ttl_seconds"] = int(ttl[0])
+    if cluster:
+        config["redis_type"] = "redis_cluster"
+    ttl = parse_qs(query).get("key_ttl_seconds")
+    seconds = int(ttl[0]) if ttl else default_key_ttl_seconds()
+    if seconds > 0:
+        config["key_ttl_seconds"] = seconds
     return config
 
 
@@ -91,7 +117,7 @@ def online_store_config(settings: Settings) -> dict:
     if spec.startswith("redis"):
         return redis_online_store_config(spec)
     raise ValueError(
-        f"unknown online store {spec!r}: use 'sqlite' or a Redis URL such as "
+        f"unknown online store {redact(spec)!r}: use 'sqlite' or a Redis URL such as "
         "redis://127.0.0.1:6379/0"
     )
 
@@ -159,7 +185,7 @@ def apply(settings: Settings) -> ApplySummary:
         kinds.setdefault(type(o).__name__, []).append(o.name)
     return ApplySummary(
         project=store.project,
-        registry=store.config.registry.path,
+        registry=redact(store.config.registry.path),
         online_store=store.config.online_store.type,
         entities=kinds.get("Entity", []),
         data_sources=kinds.get("FileSource", []),

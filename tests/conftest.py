@@ -98,3 +98,122 @@ def snapshot_home(tmp_path) -> SnapshotHome:
 def make_snapshot_home():
     """Factory for further homes: ``make_snapshot_home(path, shift=0.0) -> SnapshotHome``."""
     return write_hand_made_snapshots
+
+
+# --- production services: PostgreSQL and Redis (tests/test_production.py) ---------------------
+
+POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def _service_urls() -> tuple[str, str]:
+    """Server URLs of the test services (``OMNISCORE_TEST_POSTGRES`` / ``_REDIS`` override)."""
+    import os
+
+    return (
+        os.environ.get("OMNISCORE_TEST_POSTGRES", POSTGRES_ADMIN_URL),
+        os.environ.get("OMNISCORE_TEST_REDIS", REDIS_URL),
+    )
+
+
+def services_unavailable() -> str | None:
+    """Why the PostgreSQL or Redis test server does not answer (None when both do)."""
+    import psycopg2
+    import redis
+
+    from feature_repo.config import redact
+
+    postgres, redis_url = _service_urls()
+    try:
+        psycopg2.connect(postgres, connect_timeout=3).close()
+    except psycopg2.Error as exc:
+        return f"PostgreSQL at {redact(postgres)} does not answer: {str(exc).strip()}"
+    try:
+        redis.Redis.from_url(redis_url, socket_connect_timeout=3).ping()
+    except redis.exceptions.RedisError as exc:
+        return f"Redis at {redact(redis_url)} does not answer: {exc}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def services() -> dict[str, str]:
+    """The PostgreSQL admin URL and the Redis URL, once both servers answer.
+
+    When one does not: skip with the reason, or fail when ``OMNISCORE_REQUIRE_SERVICES=1``
+    (what ``.ci/run`` sets), so CI never passes by skipping.
+    """
+    import os
+
+    reason = services_unavailable()
+    if reason:
+        if os.environ.get("OMNISCORE_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"{reason} (OMNISCORE_REQUIRE_SERVICES=1)", pytrace=False)
+        pytest.skip(reason)
+    postgres, redis_url = _service_urls()
+    return {"postgres": postgres, "redis": redis_url}
+
+
+class PostgresDatabases:
+    """Creates databases ``omniscore_test_<uuid>`` on the test server and drops them all."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = admin_url
+        self.created: list[str] = []
+
+    def url(self, name: str) -> str:
+        """SQLAlchemy URL of database ``name`` on the same server."""
+        from urllib.parse import urlparse
+
+        return urlparse(self.admin_url)._replace(path=f"/{name}").geturl()
+
+    def _admin(self, sql: str) -> None:
+        import psycopg2
+
+        conn = psycopg2.connect(self.admin_url, connect_timeout=5)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql)
+        finally:
+            conn.close()
+
+    def create(self, template: str | None = None) -> str:
+        """A new empty database (or a copy of ``template``); returns its URL."""
+        import uuid
+
+        name = f"omniscore_test_{uuid.uuid4().hex[:12]}"
+        self._admin(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
+        self.created.append(name)
+        return self.url(name)
+
+    def drop_all(self) -> None:
+        """Drop every database made here, closing other sessions still connected to it."""
+        while self.created:
+            self._admin(f'DROP DATABASE IF EXISTS "{self.created.pop()}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_db(services):
+    """Factory of fresh PostgreSQL databases for one test, all dropped afterwards."""
+    databases = PostgresDatabases(services["postgres"])
+    try:
+        yield databases.create
+    finally:
+        databases.drop_all()
+
+
+@pytest.fixture
+def redis_project(services):
+    """A unique Feast project name (Redis keys end with it); its keys are deleted afterwards."""
+    import uuid
+
+    import redis
+
+    project = f"omniscore_test_{uuid.uuid4().hex[:12]}"
+    yield project
+    client = redis.Redis.from_url(services["redis"])
+    suffix = project.encode()
+    keys = list(client.scan_iter(match=b"*" + suffix, count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
