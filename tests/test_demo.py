@@ -40,4 +40,4 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "materialized into sqlite" in result.stdout
     client = MlflowClient(tracking_uri=settings.tracking_uri)
     for name in ("omniscore-propensity", "omniscore-churn", "omniscore-segments"):
-        assert client.get_model_version_by_alias(name, "champion").version == "1"
+        assert str(client.get_model_version_by_alias(name, "champion").version) == "1"

@@ -61,7 +61,12 @@ def test_mlflow_run_train_entry_point_registers_churn(tmp_path: Path) -> None:
     assert len(project_runs) == 1
     project = project_runs[0]
     assert project.info.status == "FINISHED"
-    assert project.data.params == {"model": "churn", "trials": "2", "seed": "42"}
+    assert project.data.params == {
+        "model": "churn",
+        "trials": "2",
+        "seed": "42",
+        "min_class": "100",
+    }
 
     experiment = client.get_experiment_by_name("omniscore")
     trained = client.search_runs(
