@@ -54,6 +54,13 @@ BENCHMARKS: dict[str, tuple[str, list[str], str]] = {
         "Materialization (target 100k customers ≤ 30 s) and online lookup p50/p99 for 1 and "
         "100 customers, SQLite and Redis.",
     ),
+    "backends": (
+        "benchmarks.bench_backends",
+        ["--customers", "20000", "--trials", "40"],
+        "Redis against SQLite (materialize, lookup p50/p99 for 1 and 100 customers, same "
+        "snapshot, same run) and 40 trials with 1, 2 and 4 workers on one PostgreSQL study "
+        "(expected close to 2× at 2 workers on 2 cores).",
+    ),
     "training": (
         "benchmarks.bench_training",
         [],

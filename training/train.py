@@ -387,10 +387,14 @@ def run_tuning_worker(
         frame, cutoff = segment_frame(settings, FEATURE_SERVICES["segments"])
         name, objective = _segment_objective(settings, frame, cutoff, seed)
         study = create_study(storage, name, seed, direction="maximize")
+        # The main process keeps the seeded sampler; an extra worker with the same seed would
+        # only propose the same parameters again.
+        study.sampler.reseed_rng()
         return optimize(study, objective, trials)
     data = _ClassifierData.build(settings, model, LabelSpec.default(model), DEFAULT_CUTOFFS,
                                  DEFAULT_MIN_CLASS)  # fmt: skip
     study = create_study(storage, data.study_name(seed), seed)
+    study.sampler.reseed_rng()
     from training.tune import make_objective
 
     return optimize(study, make_objective(data.train_ds, data.valid_ds, data.y_valid, seed), trials)
