@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from feature_repo.catalog import RFM_FEATURES, service_features
-from feature_repo.config import Settings
+from feature_repo.config import Settings, redact
 from feature_repo.events import event_data_hash
 from training import evaluate as ev
 from training.datasets import (
@@ -644,16 +644,8 @@ def _lineage(settings, service, label_def, cutoffs, seed, data_hash, study_name)
         "mlflow.source.git.commit": commit,
         "omniscore.seed": str(seed),
         "omniscore.optuna_study": study_name,
-        "omniscore.optuna_storage": _redact(settings.optuna_storage_url),
+        "omniscore.optuna_storage": redact(settings.optuna_storage_url),
     }
-
-
-def _redact(url: str) -> str:
-    """Storage URL without a password, safe to record as a tag."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
 
 
 def _description(model, ts: TrainingSet, spec: LabelSpec, data_hash: str, metrics) -> str:
