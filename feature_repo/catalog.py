@@ -278,7 +278,8 @@ def _catalog() -> list[Feature]:
             "cross_channel",
             "float",
             f"Share of store purchases in the {w} days before T preceded within "
-            f"{TOUCH_WINDOW_HOURS} h by a customer-initiated web event (null if no store purchase).",
+            f"{TOUCH_WINDOW_HOURS} h by a customer-initiated web event "
+            "(null if no store purchase).",
         )
     )
     add(
