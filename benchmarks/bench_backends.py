@@ -113,7 +113,7 @@ def study_summary(url: str) -> dict:
 
     from training import tune
 
-    storage = tune.storage_for(url, heartbeat=False)
+    storage = tune.storage_for(url, heartbeat=None)
     try:
         (summary,) = optuna.get_all_study_summaries(storage)
         study = optuna.load_study(study_name=summary.study_name, storage=storage)

@@ -35,8 +35,14 @@ ENV_VARS: dict[str, str] = {
     "feast_registry": "OMNISCORE_FEAST_REGISTRY",
     "feast_project": "OMNISCORE_FEAST_PROJECT",
     "serving_url": "OMNISCORE_SERVING_URL",
+    "optuna_heartbeat_seconds": "OMNISCORE_OPTUNA_HEARTBEAT_SECONDS",
+    "optuna_grace_seconds": "OMNISCORE_OPTUNA_GRACE_SECONDS",
 }
 """Environment variable of each backend setting; a set variable wins over the profile."""
+OPTUNA_HEARTBEAT_SECONDS = 30
+OPTUNA_GRACE_SECONDS = 90
+_INT_SETTINGS = frozenset({"optuna_heartbeat_seconds", "optuna_grace_seconds"})
+"""Settings that are whole numbers (seconds); the profile may write them as TOML integers."""
 _DEFAULTS = {"online_store": "sqlite", "feast_project": "omniscore"}
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # The password runs to the last "@" of the token, as urlparse reads an unencoded "@" in it.
@@ -88,8 +94,11 @@ def load_profile(path: Path, env: Mapping[str, str] | None = None) -> dict[str, 
         raise ValueError(f"profile {path}: unknown keys {unknown}; known: {sorted(ENV_VARS)}")
     out = {}
     for key, value in data.items():
+        if key in _INT_SETTINGS and isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
         if not isinstance(value, str):
-            raise ValueError(f"profile {path}: {key} must be a string")
+            kind = "a whole number" if key in _INT_SETTINGS else "a string"
+            raise ValueError(f"profile {path}: {key} must be {kind}")
 
         def expand(match: re.Match, key: str = key) -> str:
             name = match.group(1)
@@ -99,6 +108,15 @@ def load_profile(path: Path, env: Mapping[str, str] | None = None) -> dict[str, 
 
         out[key] = _VAR.sub(expand, value)
     return out
+
+
+def _whole_number(key: str, text: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"{key} ({ENV_VARS[key]}) must be a whole number of seconds, got {text!r}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -116,8 +134,27 @@ class Settings:
     URI such as ``s3://bucket/omniscore``; default ``<home>/mlartifacts``."""
     serving_url: str | None = None
     """Base URL of a running scoring service, checked by ``omniscore doctor`` when set."""
+    optuna_heartbeat_seconds: int = OPTUNA_HEARTBEAT_SECONDS
+    """Seconds between the heartbeats a running Optuna trial records in the study storage."""
+    optuna_grace_seconds: int = OPTUNA_GRACE_SECONDS
+    """A running trial whose last heartbeat is older than this is failed and re-queued (its
+    worker is taken for dead); must exceed the heartbeat interval."""
     profile: Path | None = None
     """The profile file these settings were read from, if any."""
+
+    def __post_init__(self) -> None:
+        beat, grace = self.optuna_heartbeat_seconds, self.optuna_grace_seconds
+        if beat <= 0:
+            raise ValueError(
+                f"optuna_heartbeat_seconds ({ENV_VARS['optuna_heartbeat_seconds']}) must be "
+                f"positive, got {beat}"
+            )
+        if grace <= beat:
+            raise ValueError(
+                f"optuna_grace_seconds ({ENV_VARS['optuna_grace_seconds']}) = {grace} must be "
+                f"greater than optuna_heartbeat_seconds = {beat}: a live worker's trial would "
+                "be failed between two of its heartbeats"
+            )
 
     @classmethod
     def from_env(
@@ -136,7 +173,9 @@ class Settings:
         for key, var in ENV_VARS.items():
             if env.get(var):
                 values[key] = env[var]
-        values = {k: v for k, v in values.items() if v}
+        values: dict[str, object] = {k: v for k, v in values.items() if v}
+        for key in _INT_SETTINGS & set(values):
+            values[key] = _whole_number(key, str(values[key]))
         return cls(home=root, profile=path, **{**_DEFAULTS, **values})
 
     # --- canonical data ---------------------------------------------------------------

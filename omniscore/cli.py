@@ -311,6 +311,61 @@ def train(
     _print_results(results)
 
 
+@app.command(
+    "tune-worker",
+    help=(
+        "Join the study of a training job with tuning processes only (run it on other "
+        "machines). The study storage comes from OMNISCORE_OPTUNA_STORAGE or the profile, "
+        "never from the command line; give the seed and data options of `omniscore train`, "
+        "which decide the study. Nothing is logged to MLflow or registered. Exits 1 if a "
+        "worker failed."
+    ),
+)
+def tune_worker(
+    model: Annotated[str, typer.Argument(help="propensity, churn or segments.")],
+    trials: Annotated[
+        int, typer.Option(help="Finished trials the study needs (as given to train).")
+    ] = 20,
+    workers: Annotated[int, typer.Option(help="Tuning processes on this machine.")] = 1,
+    seed: Annotated[int, typer.Option(help="The seed train was started with.")] = 42,
+    horizon_days: Annotated[
+        int | None, typer.Option(help="Label horizon, as given to train (default per model).")
+    ] = None,
+    min_class: Annotated[
+        int, typer.Option(help="Minimum examples of either class, as given to train.")
+    ] = 100,
+    home: HomeOption = None,
+) -> None:
+    """Tuning processes on this machine for the study of a `train --workers` job elsewhere."""
+    from feature_repo.config import redact
+    from training.distributed import run_workers, shared_storage
+
+    if model not in MODELS:
+        _fail(f"unknown model {model!r}: choose propensity, churn or segments")
+    settings = _settings(home)
+    try:
+        url = shared_storage(settings, None)
+    except ValueError as error:
+        _fail(str(error))
+    data: dict[str, int] = {}
+    if horizon_days is not None:
+        data["horizon_days"] = horizon_days
+    if min_class != 100:
+        data["min_class"] = min_class
+    console.print(
+        f"joining the {model} study at {redact(url)} with {workers} process(es), "
+        f"until it holds {trials} finished trials"
+    )
+    report = run_workers(settings, model, trials, workers, seed, **data)
+    console.print(
+        f"workers exited with {report.exit_codes}; finished trials run here: "
+        f"{report.trials_run} (total {report.total_trials_run})"
+    )
+    if report.failed:
+        console.print(f"[bold red]error:[/] {report.failed} of {workers} worker(s) failed")
+        raise typer.Exit(code=1)
+
+
 @app.command()
 def promote(
     model: Annotated[str, typer.Argument(help="propensity, churn, segments or all.")],

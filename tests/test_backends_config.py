@@ -8,13 +8,21 @@ import inspect
 from dataclasses import replace
 
 import pytest
+from mlflow import MlflowClient
 
 from feature_repo import store as feast_store
 from feature_repo.config import ENV_VARS, PROFILE_NAME, Settings, redact
 from feature_repo.feature_views import TTLS
 from omniscore.doctor import backends, doctor, format_checks, scrub
+from training import tune
 from training.distributed import shared_storage, threads_per_worker, worker_kwargs
-from training.train import run_tuning_worker
+from training.train import (
+    DATA_OPTIONS,
+    experiment_id,
+    run_tuning_worker,
+    train_model,
+    trial_heartbeat,
+)
 
 PROFILE = """
 online_store = "redis://:${OMNISCORE_TEST_REDIS_PASSWORD}@cache.internal:6380/1"
@@ -141,10 +149,62 @@ def test_worker_options_must_match_the_study_of_train(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="in-memory study cannot be shared"):
         shared_storage(settings, "memory")
     assert shared_storage(settings, None) == settings.optuna_storage_url
-    assert worker_kwargs({"register": False, "experiment": "x"}) == {}
-    if "min_class" in inspect.signature(run_tuning_worker).parameters:
-        assert worker_kwargs({"min_class": 20}) == {"min_class": 20}
-    else:  # a worker would build other training rows than train_model: refuse
-        with pytest.raises(ValueError, match="min_class=20 cannot be passed to tuning workers"):
-            worker_kwargs({"min_class": 20})
+    # Workers take every option of train_model that changes the training rows (the study).
+    worker_options = {
+        name
+        for name, p in inspect.signature(run_tuning_worker).parameters.items()
+        if p.kind is p.KEYWORD_ONLY
+    }
+    assert worker_options == set(DATA_OPTIONS) <= set(inspect.signature(train_model).parameters)
+    assert worker_kwargs({"register": False, "experiment": "x", "storage_url": "y"}) == {}
+    train_kwargs = {"horizon_days": 21, "churn_lookback_days": 30, "n_cutoffs": 4, "min_class": 20}
+    assert worker_kwargs({**train_kwargs, "register": False}) == train_kwargs
     assert threads_per_worker(1, cpus=2) == 2 and threads_per_worker(4, cpus=2) == 1
+
+
+def test_heartbeat_timing_comes_from_the_environment_or_the_profile(tmp_path):
+    defaults = Settings.from_env(tmp_path, env={})
+    assert (defaults.optuna_heartbeat_seconds, defaults.optuna_grace_seconds) == (30, 90)
+    env = {"OMNISCORE_OPTUNA_HEARTBEAT_SECONDS": "5", "OMNISCORE_OPTUNA_GRACE_SECONDS": "20"}
+    assert trial_heartbeat(Settings.from_env(tmp_path, env=env)) == tune.Heartbeat(5, 20)
+    (tmp_path / PROFILE_NAME).write_text(
+        'optuna_heartbeat_seconds = 10\noptuna_grace_seconds = "${GRACE}"\n'
+    )
+    profile = Settings.from_env(tmp_path, env={"GRACE": "45"})
+    assert trial_heartbeat(profile) == tune.Heartbeat(10, 45)
+    overridden = Settings.from_env(tmp_path, env={"GRACE": "45", **env})
+    assert trial_heartbeat(overridden) == tune.Heartbeat(5, 20)
+
+    storage = tune.storage_for(f"sqlite:///{tmp_path / 'optuna.db'}", tune.Heartbeat(5, 20))
+    assert (storage.heartbeat_interval, storage.grace_period) == (5, 20)
+    assert tune.storage_for(f"sqlite:///{tmp_path / 'optuna.db'}", None).heartbeat_interval is None
+
+    bad = {
+        "OMNISCORE_OPTUNA_HEARTBEAT_SECONDS=0": r"must be positive, got 0",
+        "OMNISCORE_OPTUNA_GRACE_SECONDS=20": r"optuna_grace_seconds .* = 20 must be greater",
+        "OMNISCORE_OPTUNA_GRACE_SECONDS=soon": r"must be a whole number of seconds, got 'soon'",
+    }
+    for assignment, message in bad.items():
+        var, value = assignment.split("=")
+        wrong = {"OMNISCORE_OPTUNA_HEARTBEAT_SECONDS": "20", "GRACE": "45", var: value}
+        with pytest.raises(ValueError, match=message):
+            Settings.from_env(tmp_path, env=wrong)
+    (tmp_path / PROFILE_NAME).write_text("optuna_grace_seconds = 1.5\n")
+    with pytest.raises(ValueError, match="optuna_grace_seconds must be a whole number"):
+        Settings.from_env(tmp_path, env={})
+    with pytest.raises(ValueError, match="grace > interval"):
+        tune.Heartbeat(5, 5)
+
+
+def test_an_object_store_artifact_root_is_what_mlflow_records(tmp_path):
+    env = {
+        "OMNISCORE_MLFLOW_ARTIFACTS": "s3://omniscore-bucket/team/mlflow/",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
+    settings = Settings.from_env(tmp_path / "home", env=env)
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    exp = experiment_id(client, settings, "object-store")
+    assert client.get_experiment(exp).artifact_location == "s3://omniscore-bucket/team/mlflow"
+    run = client.create_run(exp)  # no artifact is written: nothing reaches the bucket
+    assert run.info.artifact_uri.startswith("s3://omniscore-bucket/team/mlflow/")
+    assert not (tmp_path / "home").exists()  # no local mlartifacts folder on the side

@@ -32,22 +32,30 @@ from conftest import SNAPSHOT_TIMES, PostgresDatabases
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 from training_home import build_home
+from typer.testing import CliRunner
 
 from feature_repo import store as feast_store
 from feature_repo.catalog import VIEWS
-from feature_repo.config import Settings
+from feature_repo.config import ENV_VARS, Settings
 from feature_repo.feature_views import TTLS
+from omniscore.cli import app
 from omniscore.doctor import doctor, format_checks
 from training import tune
 from training.distributed import (
-    Heartbeat,
-    heartbeat_timing,
     logged_trial_numbers,
     prepare_storage,
+    run_workers,
     start_worker,
     train_with_workers,
 )
-from training.registry import GatePolicy, promote, register_package, rollback
+from training.registry import (
+    GatePolicy,
+    _point_challenger_at_newest,
+    _set_alias_checked,
+    promote,
+    register_package,
+    rollback,
+)
 from training.train import experiment_id, run_tuning_worker, train_model
 
 pytestmark = pytest.mark.services
@@ -278,13 +286,68 @@ def test_two_concurrent_registrations_get_distinct_versions(postgres_db, mlflow_
     registered = _client(settings).search_model_versions("name='omniscore-propensity'")
     assert sorted(int(v.version) for v in registered) == [1, 2]
     assert len({v.run_id for v in registered}) == 2
+    # Whichever order the two alias writes landed in, challenger is the newest version.
     challenger = _client(settings).get_model_version_by_alias("omniscore-propensity", "challenger")
-    assert str(challenger.version) in versions
+    assert str(challenger.version) == "2"
+
+
+class _InterleavedClient(MlflowClient):
+    """A real MLflow client whose next alias write is followed at once by ``other_write`` (a
+    write through another client): the interleaving of two jobs, made deterministic."""
+
+    def __init__(self, uri: str, other_write) -> None:
+        super().__init__(tracking_uri=uri, registry_uri=uri)
+        self.other_write = other_write
+
+    def set_registered_model_alias(self, name: str, alias: str, version) -> None:
+        super().set_registered_model_alias(name, alias, version)
+        if self.other_write is not None:
+            write, self.other_write = self.other_write, None
+            write()
+
+
+def test_challenger_ends_on_the_newest_version_and_champion_refuses_a_moved_alias(
+    postgres_db, mlflow_template, tmp_path
+):
+    url = postgres_db(template=mlflow_template)
+    name = "omniscore-propensity"
+    other = MlflowClient(tracking_uri=url, registry_uri=url)
+    other.create_registered_model(name)
+
+    def new_version() -> None:
+        other.create_model_version(name, source=str(tmp_path / "package"))
+
+    def challenger() -> str:
+        return str(other.get_model_version_by_alias(name, "challenger").version)
+
+    def write_challenger(version: int):
+        return lambda: other.set_registered_model_alias(name, "challenger", version)
+
+    new_version(), new_version()
+    # Version 2's job writes challenger, and version 1's job lands its write right after:
+    # version 2's job reads the alias back behind the newest version and writes again.
+    _point_challenger_at_newest(_InterleavedClient(url, write_challenger(1)), name, "2")
+    assert challenger() == "2"
+    # Version 1's job is so slow that its only write lands after version 2's job is done:
+    # it finds a newer version and puts the alias on it.
+    _point_challenger_at_newest(other, name, "1")
+    assert challenger() == "2"
+    new_version()
+    # Version 2's job writes, then version 3's job writes: newer than ours, accepted.
+    _point_challenger_at_newest(_InterleavedClient(url, write_challenger(3)), name, "2")
+    assert challenger() == "3"
+
+    # champion is never corrected silently: a promotion racing another one refuses.
+    racing = _InterleavedClient(url, lambda: other.set_registered_model_alias(name, "champion", 1))
+    with pytest.raises(RuntimeError, match="moved to version 1 by another writer"):
+        _set_alias_checked(racing, name, "champion", "2")
+    _set_alias_checked(other, name, "champion", "2")
+    assert str(other.get_model_version_by_alias(name, "champion").version) == "2"
 
 
 # --- distributed tuning on PostgreSQL -----------------------------------------------------------
 def _study(url: str) -> optuna.Study:
-    storage = tune.storage_for(url, heartbeat=False)
+    storage = tune.storage_for(url, heartbeat=None)
     (summary,) = optuna.get_all_study_summaries(storage)
     return optuna.load_study(study_name=summary.study_name, storage=storage)
 
@@ -306,10 +369,82 @@ def test_three_workers_reach_the_trial_count_and_the_parent_run_shows_every_tria
     assert result.metrics["tuning_workers"] == workers
     assert result.metrics["worker_failures"] == 0
     assert result.metrics["trials_in_study"] == len(finished)
+    # Each process counts only the trials it ran, so the counts add up to the study's.
+    assert result.trials_run + result.metrics["worker_trials_run"] == len(finished)
     client = _client(settings)
     logged = logged_trial_numbers(client, result.experiment_id, result.run_id)
     assert logged == set(finished)
     assert client.get_run(result.run_id).data.tags["omniscore.tuning_workers"] == "3"
+
+
+def test_each_worker_reports_the_trials_it_ran_and_the_counts_add_up(home, postgres_db):
+    url = postgres_db()
+    settings = replace(home, optuna_storage=url)
+    trials, workers = 10, 3
+    report = run_workers(settings, "segments", trials, workers, seed=19, threads=1)
+    assert report.exit_codes == [0] * workers and None not in report.trials_run
+    study = _study(url)  # exactly one study
+    # No process died, so nothing was failed or re-queued: every trial in the study was run
+    # and told by exactly one process, which counted it once.
+    assert all(t.state in tune.FINISHED for t in study.trials)
+    assert report.total_trials_run == len(study.trials)
+    assert trials <= len(study.trials) <= trials + workers - 1
+
+
+def test_workers_join_the_study_of_train_with_its_data_options(home, postgres_db, tmp_path):
+    # A non-default horizon and minimum class count change the training rows, hence the study
+    # name: a worker left on the defaults would tune (or fail on) another study.
+    url = postgres_db()
+    settings = replace(
+        home, optuna_storage=url, mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"
+    )
+    trials = 6
+    result = train_with_workers(
+        settings, "propensity", trials, workers=2, seed=23, register=False,
+        horizon_days=21, min_class=20,
+    )  # fmt: skip
+    assert result.metrics["worker_failures"] == 0
+    study = _study(url)  # exactly one study: the worker computed the same name
+    assert study.study_name == result.study_name
+    finished = {t.number for t in study.trials if t.state in tune.FINISHED}
+    assert all(t.state in tune.FINISHED for t in study.trials)
+    assert trials <= len(finished) <= trials + 1
+    assert result.trials_run + result.metrics["worker_trials_run"] == len(finished)
+    client = _client(settings)
+    run = client.get_run(result.run_id)
+    assert run.data.params["horizon_days"] == "21" and run.data.params["min_class"] == "20"
+    assert "[T, T+21d)" in run.data.tags["omniscore.label_definition"]
+    assert run.data.metrics["trials_in_study"] == len(finished)
+    assert logged_trial_numbers(client, result.experiment_id, result.run_id) == finished
+
+
+def test_tune_worker_command_brings_the_study_to_the_trial_count(home, postgres_db, monkeypatch):
+    secret = "pg-s3cret-of-the-tune-worker"  # trust auth ignores it; it must not be printed
+    url = postgres_db().replace("postgres@", f"postgres:{secret}@", 1)
+    for name, value in {
+        "OMNISCORE_HOME": str(home.home),
+        ENV_VARS["optuna_storage"]: url,
+        "OMNISCORE_LGBM_THREADS": "1",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        "COLUMNS": "200",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("OMNISCORE_PROFILE", raising=False)
+    runner = CliRunner()
+    trials = 5
+    command = ["tune-worker", "segments", "--trials", str(trials), "--workers", "2", "--seed", "29"]
+    out = runner.invoke(app, command)
+    assert out.exit_code == 0, out.output
+    assert secret not in out.output and "postgres:***@127.0.0.1" in out.output
+    finished = [t for t in _study(url).trials if t.state in tune.FINISHED]
+    assert trials <= len(finished) <= trials + 1
+    assert f"(total {len(finished)})" in out.output
+    # No class has 100,000 examples in the small home: the worker refuses to tune, and the
+    # command fails.
+    failed = runner.invoke(
+        app, ["tune-worker", "propensity", "--trials", "2", "--min-class", "100000"]
+    )
+    assert failed.exit_code == 1 and "1 of 1 worker(s) failed" in failed.output, failed.output
 
 
 def _kill_mid_trial(url: str, process) -> int | None:
@@ -334,23 +469,21 @@ def _kill_mid_trial(url: str, process) -> int | None:
 
 def test_a_killed_worker_trial_is_failed_and_requeued(home, postgres_db):
     url = postgres_db()
-    settings = replace(home, optuna_storage=url)
-    beat = Heartbeat(interval=1, grace=2)
+    settings = replace(home, optuna_storage=url, optuna_heartbeat_seconds=1, optuna_grace_seconds=2)
     trials, seed = 4, 13
     prepare_storage(url)
     killed = None
     for _ in range(3):  # a kill that lands between two trials is retried
-        worker = start_worker(settings, "segments", trials, seed, heartbeat=beat, threads=1)
+        worker = start_worker(settings, "segments", trials, seed, threads=1)
         killed = _kill_mid_trial(url, worker)
         if killed is not None:
             break
     assert killed is not None, "no worker was caught mid-trial"
     assert worker.exitcode == -signal.SIGKILL
     assert _study(url).trials[killed].state == TrialState.RUNNING
-    time.sleep(beat.grace + 0.5)  # the dead worker's heartbeat is now stale
+    time.sleep(settings.optuna_grace_seconds + 0.5)  # the dead worker's heartbeat is now stale
 
-    with heartbeat_timing(beat):
-        run_tuning_worker(settings, "segments", trials, seed, url)
+    run_tuning_worker(settings, "segments", trials, seed, url)
     study = _study(url)
     by_number = {t.number: t for t in study.trials}
     assert [t.number for t in study.trials if t.state == TrialState.RUNNING] == []

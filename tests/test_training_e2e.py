@@ -14,6 +14,7 @@ import pytest
 from mlflow import MlflowClient
 from training_home import build_home
 
+from feature_repo.config import Settings
 from training.datasets import build_training_set, segment_frame
 from training.model_io import IntegrityError, load_champion, load_version
 from training.train import MEMORY_STORAGE, train_model
@@ -135,3 +136,23 @@ def test_same_seed_same_metrics(home):
     first, second = ({k: v for k, v in r.metrics.items() if not timing(k)} for r in runs)
     assert first == second
     assert runs[0].run_id != runs[1].run_id and runs[0].trials_run == 2
+
+
+def test_artifacts_land_under_the_configured_artifact_root(home, tmp_path):
+    shared = tmp_path / "shared-artifacts"
+    env = {
+        "OMNISCORE_MLFLOW_ARTIFACTS": str(shared),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
+    settings = Settings.from_env(home.home, env=env)
+    result = train_model(settings, "segments", trials=2, seed=3, storage_url=MEMORY_STORAGE)
+    client = _client(settings)
+    assert client.get_experiment(result.experiment_id).artifact_location == shared.as_uri()
+    run = client.get_run(result.run_id)
+    assert run.info.artifact_uri.startswith(shared.as_uri())
+    charts = {p.name for p in (shared / result.run_id / "artifacts" / "evaluation").iterdir()}
+    assert "segment_profiles.csv" in charts
+    (package,) = shared.rglob("segments.json")  # the registered model package
+    source = client.get_model_version(result.registered_name, result.version).source
+    assert source.startswith(shared.as_uri()) and package.parent.as_uri().startswith(source)
+    assert not any(home.mlflow_artifacts_dir.rglob(result.run_id))

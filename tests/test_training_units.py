@@ -167,3 +167,22 @@ def test_percentiles_bands_and_cold_start():
     assert pkg.score_percentile(np.array([0.25, 0.95])) == pytest.approx([25.0, 95.0])
     assert pkg.band(np.array([0.1, 0.75, 0.95])).tolist() == ["low", "medium", "high"]
     assert pkg.calibrate(np.array([0.0]))[0] == pytest.approx(0.5)
+
+
+def test_optimize_counts_only_the_trials_this_process_ran(tmp_path):
+    # Two study objects on one storage stand for two workers; "the other worker" finishes
+    # three trials while our first trial runs. Our count must leave those out.
+    from training.tune import create_study, finished_trials, optimize
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    ours = create_study(url, "shared", seed=1, heartbeat=None)
+    other = create_study(url, "shared", seed=2, heartbeat=None)
+
+    def objective(trial) -> float:
+        if trial.number == 0:
+            assert optimize(other, lambda t: 2.0, n_trials=3) == 3
+        return 1.0
+
+    assert optimize(ours, objective, n_trials=6) == 3
+    assert finished_trials(ours) == 6
+    assert optimize(ours, objective, n_trials=6) == 0  # a complete study runs nothing

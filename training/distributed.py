@@ -8,20 +8,21 @@ evaluates, logs and registers as usual, and after the workers have exited
 :func:`log_missing_trials` adds to the parent MLflow run any trial that finished after
 ``train_model`` had logged the study, so the parent run shows every trial.
 
-Other machines join the same study with ``python -m training.distributed worker MODEL`` (or
-the CLI command wired to :func:`run_workers`), pointing at the same PostgreSQL storage. The
-storage URL is never put on a command line (it may hold a password): workers read it from
-the settings (environment or profile) or receive it pickled through the process pipe.
+Other machines join the same study with ``omniscore tune-worker MODEL`` (or
+``python -m training.distributed worker MODEL``), both wired to :func:`run_workers`, pointing
+at the same PostgreSQL storage and given the same seed and data options as the training job.
+The storage URL is never put on a command line (it may hold a password): workers read it
+from the settings (environment or profile) or receive it pickled through the process pipe.
 
 A worker that dies mid-trial (SIGKILL, a lost machine) leaves its trial RUNNING only until
-its heartbeat is older than the grace period: the next trial started by any process marks it
+its heartbeat is older than the grace period (``optuna_heartbeat_seconds`` and
+``optuna_grace_seconds`` of the settings): the next trial started by any process marks it
 FAIL and ``RetryHeartbeatStaleTrialCallback`` enqueues a copy that the next free worker runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import multiprocessing
 import os
 import sys
@@ -29,10 +30,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
+from multiprocessing.sharedctypes import Synchronized
 
 from feature_repo.config import Settings, redact
 from training import tune
 from training.train import (
+    DATA_OPTIONS,
     MEMORY_STORAGE,
     TrainResult,
     log_trials,
@@ -46,26 +49,24 @@ STOP_TIMEOUT_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
-class Heartbeat:
-    """Optuna heartbeat timing: a trial whose heartbeat is older than ``grace`` seconds is
-    failed and re-queued by the next process that starts a trial."""
-
-    interval: int = tune.HEARTBEAT_SECONDS
-    grace: int = tune.GRACE_SECONDS
-
-
-@dataclass(frozen=True)
 class WorkerReport:
     """How the tuning workers of one job ended."""
 
     workers: int
     exit_codes: list[int | None]
     """One per extra process: 0 ran to the end, other values failed, None still running."""
+    trials_run: list[int | None]
+    """Finished trials each process ran (None: it did not get to report, having failed)."""
 
     @property
     def failed(self) -> int:
         """Workers that did not exit cleanly."""
         return sum(1 for code in self.exit_codes if code != 0)
+
+    @property
+    def total_trials_run(self) -> int:
+        """Finished trials the workers that reported ran, together."""
+        return sum(n for n in self.trials_run if n is not None)
 
 
 # --- settings helpers (pure) --------------------------------------------------------------------
@@ -90,54 +91,12 @@ def threads_per_worker(workers: int, cpus: int | None = None) -> int:
 
 
 def worker_kwargs(train_kwargs: dict) -> dict:
-    """The data options a worker must share with ``train_model`` to join the same study.
-
-    A value left at its default is not passed. Raises ``ValueError`` when an option that
-    changes the training data is set but :func:`run_tuning_worker` cannot take it (the
-    workers would tune another study, or fail the eligibility check).
-    """
-    from training.datasets import DEFAULT_CUTOFFS, DEFAULT_MIN_CLASS
-
-    defaults = {
-        "horizon_days": None,
-        "churn_lookback_days": None,
-        "n_cutoffs": DEFAULT_CUTOFFS,
-        "min_class": DEFAULT_MIN_CLASS,
-    }
-    accepted = inspect.signature(run_tuning_worker).parameters
-    out = {}
-    for key, default in defaults.items():
-        value = train_kwargs.get(key, default)
-        if value == default:
-            continue
-        if key not in accepted:
-            raise ValueError(
-                f"{key}={value} cannot be passed to tuning workers (run_tuning_worker does not "
-                "take it yet): use --workers 1, or the default"
-            )
-        out[key] = value
-    return out
+    """The data options (:data:`~training.train.DATA_OPTIONS`) among ``train_kwargs``, which
+    the workers must be given too: they decide the training rows and so the study name."""
+    return {key: train_kwargs[key] for key in DATA_OPTIONS if key in train_kwargs}
 
 
 # --- process-local configuration ----------------------------------------------------------------
-@contextmanager
-def heartbeat_timing(heartbeat: Heartbeat | None) -> Iterator[None]:
-    """Use ``heartbeat`` for the studies this process opens (``None``: tune's defaults)."""
-    if heartbeat is None:
-        yield
-        return
-    if heartbeat.interval <= 0 or heartbeat.grace <= heartbeat.interval:
-        raise ValueError("heartbeat needs interval > 0 and grace > interval")
-    # training.tune reads these module constants when it opens a storage; they are set only
-    # for the duration of this process's tuning and restored afterwards.
-    saved = tune.HEARTBEAT_SECONDS, tune.GRACE_SECONDS
-    tune.HEARTBEAT_SECONDS, tune.GRACE_SECONDS = heartbeat.interval, heartbeat.grace
-    try:
-        yield
-    finally:
-        tune.HEARTBEAT_SECONDS, tune.GRACE_SECONDS = saved
-
-
 @contextmanager
 def lgbm_threads(threads: int | None) -> Iterator[None]:
     """Set ``$OMNISCORE_LGBM_THREADS`` for this process while the block runs."""
@@ -161,7 +120,7 @@ def prepare_storage(storage_url: str) -> None:
     Processes that create the schema of an empty PostgreSQL database at the same moment can
     collide on its catalog; one creator first makes every later open a plain read.
     """
-    tune.storage_for(storage_url, heartbeat=False).remove_session()
+    tune.storage_for(storage_url, heartbeat=None).remove_session()
 
 
 # --- processes ----------------------------------------------------------------------------------
@@ -171,13 +130,21 @@ def _worker_main(
     trials: int,
     seed: int,
     storage_url: str,
-    heartbeat: Heartbeat | None,
     threads: int | None,
     kwargs: dict,
+    counter: Synchronized | None,
 ) -> None:
-    with lgbm_threads(threads), heartbeat_timing(heartbeat):
+    with lgbm_threads(threads):
         ran = run_tuning_worker(settings, model, trials, seed, storage_url, **kwargs)
+    if counter is not None:
+        counter.value = ran
     print(f"tuning worker {os.getpid()}: {ran} trials of {model}", file=sys.stderr, flush=True)
+
+
+def trial_counter() -> Synchronized:
+    """A shared integer a worker started by :func:`start_worker` sets to the finished trials
+    it ran; -1 until it reports."""
+    return multiprocessing.get_context("spawn").Value("i", -1)
 
 
 def start_worker(
@@ -187,24 +154,30 @@ def start_worker(
     seed: int = 42,
     storage_url: str | None = None,
     *,
-    heartbeat: Heartbeat | None = None,
     threads: int | None = None,
+    counter: Synchronized | None = None,
     **kwargs,
 ) -> BaseProcess:
     """Start one tuning worker in a fresh (spawned) process; returns the started process.
 
     It joins the study of ``model`` at ``storage_url`` (default: the settings' Optuna
-    storage) and runs trials until the study holds ``trials`` finished ones. ``kwargs`` are
-    the data options of :func:`worker_kwargs`.
+    storage) and runs trials until the study holds ``trials`` finished ones, with the
+    heartbeat timing of ``settings``. ``kwargs`` are the data options of
+    :func:`worker_kwargs`; ``counter`` (from :func:`trial_counter`) receives the number of
+    finished trials it ran.
     """
     url = shared_storage(settings, storage_url)
     process = multiprocessing.get_context("spawn").Process(
         target=_worker_main,
-        args=(settings, model, trials, seed, url, heartbeat, threads, kwargs),
+        args=(settings, model, trials, seed, url, threads, kwargs, counter),
         name=f"omniscore-tune-{model}",
     )
     process.start()
     return process
+
+
+def _reported(counters: Sequence[Synchronized]) -> list[int | None]:
+    return [c.value if c.value >= 0 else None for c in counters]
 
 
 def stop_workers(processes: Sequence[BaseProcess], timeout: float = 10.0) -> None:
@@ -227,33 +200,32 @@ def run_workers(
     seed: int = 42,
     storage_url: str | None = None,
     *,
-    heartbeat: Heartbeat | None = None,
     threads: int | None = None,
     **kwargs,
 ) -> WorkerReport:
     """Run ``workers`` tuning processes on one study until it has ``trials`` finished trials.
 
     Tuning only: no MLflow run, nothing registered. This is how further machines join a
-    study that ``omniscore train MODEL --workers N`` runs elsewhere. Blocks until every
-    worker has exited.
+    study that ``omniscore train MODEL --workers N`` runs elsewhere (``omniscore
+    tune-worker``); ``kwargs`` are the data options that job was given
+    (:data:`~training.train.DATA_OPTIONS`). Blocks until every worker has exited.
     """
     if workers < 1:
         raise ValueError("workers must be at least 1")
     url = shared_storage(settings, storage_url)
     prepare_storage(url)
     threads = threads or threads_per_worker(workers)
+    counters = [trial_counter() for _ in range(workers)]
     processes = [
-        start_worker(
-            settings, model, trials, seed, url, heartbeat=heartbeat, threads=threads, **kwargs
-        )  # fmt: skip
-        for _ in range(workers)
+        start_worker(settings, model, trials, seed, url, threads=threads, counter=c, **kwargs)
+        for c in counters
     ]
     try:
         for process in processes:
             process.join()
     finally:
         stop_workers(processes)
-    return WorkerReport(workers, [p.exitcode for p in processes])
+    return WorkerReport(workers, [p.exitcode for p in processes], _reported(counters))
 
 
 def train_with_workers(
@@ -264,7 +236,6 @@ def train_with_workers(
     seed: int = 42,
     storage_url: str | None = None,
     *,
-    heartbeat: Heartbeat | None = None,
     threads: int | None = None,
     **train_kwargs,
 ) -> TrainResult:
@@ -275,8 +246,10 @@ def train_with_workers(
     :func:`~training.train.run_tuning_worker` on the same study. ``train_kwargs`` go to
     ``train_model`` (``experiment``, ``register``, ``progress``, data options). The parent
     run gets every finished trial of the study as a nested run, the tag
-    ``omniscore.tuning_workers`` and the metric ``trials_in_study``; the result's metrics
-    hold ``tuning_workers`` and ``worker_failures``. With ``workers=1`` this is
+    ``omniscore.tuning_workers`` and the metrics ``trials_in_study`` and
+    ``worker_trials_run`` (finished trials the extra processes ran; with the result's
+    ``trials_run`` they add up to the study's finished trials); the result's metrics hold
+    those and ``tuning_workers`` and ``worker_failures``. With ``workers=1`` this is
     ``train_model`` on the shared storage.
     """
     if workers < 1:
@@ -285,38 +258,34 @@ def train_with_workers(
     extra = worker_kwargs(train_kwargs) if workers > 1 else {}
     prepare_storage(url)
     threads = threads or threads_per_worker(workers)
+    counters = [trial_counter() for _ in range(workers - 1)]
     processes: list[BaseProcess] = []
     try:
-        for _ in range(workers - 1):
+        for counter in counters:
             processes.append(
                 start_worker(
-                    settings,
-                    model,
-                    trials,
-                    seed,
-                    url,
-                    heartbeat=heartbeat,
-                    threads=threads,
-                    **extra,
-                )  # fmt: skip
+                    settings, model, trials, seed, url, threads=threads, counter=counter, **extra
+                )
             )
-        with lgbm_threads(threads), heartbeat_timing(heartbeat):
+        with lgbm_threads(threads):
             result = train_model(settings, model, trials, seed, storage_url=url, **train_kwargs)
         for process in processes:
             process.join(STOP_TIMEOUT_SECONDS)
     finally:
         stop_workers(processes)
-    report = WorkerReport(workers, [p.exitcode for p in processes])
+    report = WorkerReport(workers - 1, [p.exitcode for p in processes], _reported(counters))
     logged = log_missing_trials(settings, result, url)
     client = _client(settings)
     in_study = _finished_trials(result.study_name, url)
     client.set_tag(result.run_id, "omniscore.tuning_workers", str(workers))
     client.log_metric(result.run_id, "trials_in_study", float(in_study))
+    client.log_metric(result.run_id, "worker_trials_run", float(report.total_trials_run))
     if report.failed:
         client.set_tag(result.run_id, "omniscore.worker_exit_codes", str(report.exit_codes))
     result.metrics.update(
         tuning_workers=float(workers),
         worker_failures=float(report.failed),
+        worker_trials_run=float(report.total_trials_run),
         trials_in_study=float(in_study),
         trials_logged_after_workers=float(logged),
     )
@@ -344,7 +313,7 @@ def _client(settings: Settings):
 def _finished_trials(study_name: str, storage_url: str) -> int:
     import optuna
 
-    storage = tune.storage_for(storage_url, heartbeat=False)
+    storage = tune.storage_for(storage_url, heartbeat=None)
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
         return tune.finished_trials(study)
@@ -379,7 +348,7 @@ def log_missing_trials(settings: Settings, result: TrainResult, storage_url: str
 
     client = _client(settings)
     done = logged_trial_numbers(client, result.experiment_id, result.run_id)
-    storage = tune.storage_for(storage_url, heartbeat=False)
+    storage = tune.storage_for(storage_url, heartbeat=None)
     try:
         study = optuna.load_study(study_name=result.study_name, storage=storage)
         missing = [
@@ -401,7 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Joins the study of ``MODEL`` in the configured Optuna storage
     (``OMNISCORE_OPTUNA_STORAGE`` or the profile; never a command-line argument, as the URL
-    may hold a password) with ``K`` local processes, tuning only.
+    may hold a password) with ``K`` local processes, tuning only. ``omniscore tune-worker``
+    does the same; this entry point needs only the ``training`` package.
     """
     parser = argparse.ArgumentParser(prog="python -m training.distributed")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -410,13 +380,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker.add_argument("--trials", type=int, default=20, help="finished trials the study needs")
     worker.add_argument("--workers", type=int, default=1, help="local processes")
     worker.add_argument("--seed", type=int, default=42, help="the seed train was started with")
+    worker.add_argument("--horizon-days", type=int, default=None, help="as given to train")
+    worker.add_argument("--min-class", type=int, default=None, help="as given to train")
     worker.add_argument("--home", default=None, help="OmniScore home (default $OMNISCORE_HOME)")
     args = parser.parse_args(argv)
     settings = Settings.from_env(args.home)
     url = shared_storage(settings, None)
+    data = {"horizon_days": args.horizon_days}
+    if args.min_class is not None:
+        data["min_class"] = args.min_class
     print(f"joining {args.model} study at {redact(url)} with {args.workers} process(es)")
-    report = run_workers(settings, args.model, args.trials, args.workers, args.seed)
-    print(f"workers exited with {report.exit_codes}")
+    report = run_workers(settings, args.model, args.trials, args.workers, args.seed, **data)
+    print(f"workers exited with {report.exit_codes}, ran {report.trials_run} trials")
     return 1 if report.failed else 0
 
 

@@ -33,6 +33,9 @@ from training.model_io import (
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 HISTORY_TAG = "omniscore.champion_history"
+CHALLENGER_ATTEMPTS = 5
+"""How many times a registration points ``challenger`` at the newest version before giving up
+(each further attempt means another registration wrote the alias in between)."""
 SHORT_NAMES = {v: k for k, v in MODEL_NAMES.items()}
 
 
@@ -146,8 +149,9 @@ def register_package(
     """Log a package directory as an MLflow logged model, register it, alias ``challenger``.
 
     The version carries the tags ``omniscore.sha256`` (JSON of file -> SHA-256),
-    ``omniscore.kind`` and ``omniscore.feature_service`` plus ``tags``. The alias is read back
-    after it is set. Returns the ``ModelVersion``.
+    ``omniscore.kind`` and ``omniscore.feature_service`` plus ``tags``. ``challenger`` ends on
+    the newest version of the model even when several jobs register at the same moment
+    (:func:`_point_challenger_at_newest`). Returns the ``ModelVersion``.
     """
     from mlflow.exceptions import MlflowException
 
@@ -175,16 +179,56 @@ def register_package(
         description=description,
         model_id=logged.model_id,
     )
-    _set_alias_checked(client, name, CHALLENGER, str(mv.version))
+    _point_challenger_at_newest(client, name, str(mv.version))
     return client.get_model_version(name, str(mv.version))
 
 
+def _newest_version(client, name: str) -> int:
+    (newest,) = client.search_model_versions(
+        f"name='{name}'", max_results=1, order_by=["version_number DESC"]
+    )
+    return int(newest.version)
+
+
+def _point_challenger_at_newest(client, name: str, version: str) -> None:
+    """Leave ``challenger`` on the newest version of ``name`` (``version`` is ours).
+
+    Aliases are last-writer-wins, so two registrations at the same moment can land their
+    writes in either order. After each write the alias and then the newest version number are
+    read back: if the alias names the newest version (ours or a newer job's), we are done;
+    if it is behind (our write of an older version landed after a newer job's), the newest
+    version is written again. A version created after our read-back is written by its own
+    job after ours, so the last write of all names the newest version. Raises
+    ``RuntimeError`` after :data:`CHALLENGER_ATTEMPTS` writes that each fell behind.
+    """
+    target, now = version, None
+    for _ in range(CHALLENGER_ATTEMPTS):
+        client.set_registered_model_alias(name, CHALLENGER, target)
+        now = int(_alias_version(client, name, CHALLENGER) or 0)
+        newest = _newest_version(client, name)
+        if now >= newest:
+            return
+        target = str(newest)
+    raise RuntimeError(
+        f"alias {CHALLENGER} of {name} still points to version {now}, behind the newest, after "
+        f"{CHALLENGER_ATTEMPTS} attempts: other registrations keep moving it"
+    )
+
+
 def _set_alias_checked(client, name: str, alias: str, version: str) -> None:
+    """Point ``alias`` at ``version`` and refuse if another writer moved it meanwhile.
+
+    Used for ``champion``: a promotion or rollback racing another one must not report a
+    champion that is not the one serving, so a mismatch raises instead of being retried.
+    """
     client.set_registered_model_alias(name, alias, version)
-    # Read the alias back: a concurrent promotion could have moved it between our calls.
-    now = client.get_model_version_by_alias(name, alias)
-    if str(now.version) != str(version):
-        raise RuntimeError(f"alias {alias} of {name} points to {now.version}, expected {version}")
+    now = _alias_version(client, name, alias)
+    if now != str(version):
+        raise RuntimeError(
+            f"alias {alias} of {name} was moved to version {now} by another writer right after "
+            f"this process set it to {version}; nothing was retried: check "
+            f"`omniscore promote`/`rollback` runs in progress, then run this command again"
+        )
 
 
 def _alias_version(client, name: str, alias: str) -> str | None:

@@ -63,8 +63,10 @@ from training.segments import (
     segment_profile,
 )
 from training.tune import (
+    Heartbeat,
     create_study,
     make_datasets,
+    make_objective,
     num_threads,
     optimize,
     tune_lightgbm,
@@ -75,6 +77,9 @@ MEMORY_STORAGE = "memory"
 EXPERIMENT = "omniscore"
 SHAP_SAMPLE = 20000
 SEGMENT_K_RANGE = (3, 8)
+DATA_OPTIONS: tuple[str, ...] = ("horizon_days", "churn_lookback_days", "n_cutoffs", "min_class")
+"""Options of :func:`train_model` that change the training data, hence the study name; every
+process tuning one study (:func:`run_tuning_worker`) must be given the same values."""
 ProgressFn = Callable[[str, int, int], None]
 """``progress(stage, done, total)``: the CLI draws rich progress bars from these calls."""
 
@@ -232,12 +237,16 @@ def launcher_tags(env: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def experiment_id(client, settings: Settings, name: str = EXPERIMENT) -> str:
-    """Get or create the experiment, its artifacts under this home's ``mlartifacts``."""
+    """Get or create the experiment; a new one keeps its artifacts under the configured
+    artifact root (``settings.mlflow_artifact_uri``: this home's ``mlartifacts``, a shared
+    folder or an object store such as ``s3://bucket/prefix``)."""
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    settings.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
-    return client.create_experiment(name, artifact_location=settings.mlflow_artifacts_dir.as_uri())
+    root = settings.mlflow_artifact_uri
+    if root.startswith("file://"):
+        settings.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
+    return client.create_experiment(name, artifact_location=root)
 
 
 def log_batch(client, run_id: str, metrics=None, params=None, tags=None, step: int = 0) -> None:
@@ -349,17 +358,30 @@ def train_model(
     storage = _storage(settings, storage_url)
     if model == "segments":
         return _train_segments(settings, trials, seed, experiment, register, storage, progress)
-    spec = LabelSpec.default(model)
-    if horizon_days is not None or churn_lookback_days is not None:
-        spec = LabelSpec(
-            model,
-            horizon_days or spec.horizon_days,
-            churn_lookback_days or spec.active_lookback_days,
-        )
+    spec = label_spec(model, horizon_days, churn_lookback_days)
     return _train_classifier(
         settings, model, spec, trials, seed, n_cutoffs, min_class, experiment, register, storage,
         progress,
     )  # fmt: skip
+
+
+def label_spec(
+    model: str, horizon_days: int | None = None, churn_lookback_days: int | None = None
+) -> LabelSpec:
+    """The label definition of a classifier: its defaults with the given overrides."""
+    spec = LabelSpec.default(model)
+    if horizon_days is None and churn_lookback_days is None:
+        return spec
+    return LabelSpec(
+        model,
+        horizon_days or spec.horizon_days,
+        churn_lookback_days or spec.active_lookback_days,
+    )
+
+
+def trial_heartbeat(settings: Settings) -> Heartbeat:
+    """The heartbeat timing of Optuna trials, from the settings."""
+    return Heartbeat(settings.optuna_heartbeat_seconds, settings.optuna_grace_seconds)
 
 
 def _storage(settings: Settings, storage_url: str | None) -> str | None:
@@ -374,29 +396,40 @@ def train_all(settings: Settings, trials: int = 20, seed: int = 42, **kwargs) ->
 
 
 def run_tuning_worker(
-    settings: Settings, model: str, trials: int, seed: int = 42, storage_url: str | None = None
+    settings: Settings,
+    model: str,
+    trials: int,
+    seed: int = 42,
+    storage_url: str | None = None,
+    *,
+    horizon_days: int | None = None,
+    churn_lookback_days: int | None = None,
+    n_cutoffs: int = DEFAULT_CUTOFFS,
+    min_class: int = DEFAULT_MIN_CLASS,
 ) -> int:
     """Join a shared study as an extra worker: run trials only, log and register nothing.
 
-    Start it on other processes or machines with the same arguments (and a PostgreSQL
-    ``storage_url``) while ``train_model`` runs; all stop once the study has ``trials``
-    finished trials. Returns how many trials this worker ran.
+    Start it on other processes or machines with the same arguments as ``train_model``
+    (model, seed and the data options :data:`DATA_OPTIONS`, which decide the study name) and
+    a PostgreSQL ``storage_url`` while ``train_model`` runs; all stop once the study has
+    ``trials`` finished trials. Returns how many finished trials this worker ran.
     """
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; choose one of {MODELS}")
     storage = _storage(settings, storage_url)
+    beat = trial_heartbeat(settings)
     if model == "segments":
         frame, cutoff = segment_frame(settings, FEATURE_SERVICES["segments"])
         name, objective = _segment_objective(settings, frame, cutoff, seed)
-        study = create_study(storage, name, seed, direction="maximize")
+        study = create_study(storage, name, seed, direction="maximize", heartbeat=beat)
         # The main process keeps the seeded sampler; an extra worker with the same seed would
         # only propose the same parameters again.
         study.sampler.reseed_rng()
         return optimize(study, objective, trials)
-    data = _ClassifierData.build(settings, model, LabelSpec.default(model), DEFAULT_CUTOFFS,
-                                 DEFAULT_MIN_CLASS)  # fmt: skip
-    study = create_study(storage, data.study_name(seed), seed)
+    spec = label_spec(model, horizon_days, churn_lookback_days)
+    data = _ClassifierData.build(settings, model, spec, n_cutoffs, min_class)
+    study = create_study(storage, data.study_name(seed), seed, heartbeat=beat)
     study.sampler.reseed_rng()
-    from training.tune import make_objective
-
     return optimize(study, make_objective(data.train_ds, data.valid_ds, data.y_valid, seed), trials)
 
 
@@ -486,7 +519,7 @@ def _train_classifier(
         started = time.perf_counter()
         study, tuned = tune_lightgbm(
             data.train_ds, data.valid_ds, y["valid"], trials, seed, storage, study_name,
-            callbacks=[_trial_progress(progress, trials)],
+            callbacks=[_trial_progress(progress, trials)], heartbeat=trial_heartbeat(settings),
         )  # fmt: skip
         timings["time_tuning"] = time.perf_counter() - started
         timings["time_trial_training"] = tuned.train_seconds
@@ -705,7 +738,9 @@ def _train_segments(
     run_id = run.info.run_id
     try:
         started = time.perf_counter()
-        study = create_study(storage, study_name, seed, direction="maximize")
+        study = create_study(
+            storage, study_name, seed, direction="maximize", heartbeat=trial_heartbeat(settings)
+        )
         ran = optimize(study, objective, trials, callbacks=[_trial_progress(progress, trials)])
         timings["time_tuning"] = time.perf_counter() - started
         best = study.best_trial

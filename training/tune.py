@@ -9,8 +9,9 @@
   trial (``free_raw_data=False``) and reused by every trial.
 - The study lives in ``settings.optuna_storage_url`` (SQLite under the home, or PostgreSQL).
   Several processes running the same command share one study and stop together once the
-  study has ``n_trials`` finished trials. With heartbeats, a trial whose worker died is marked
-  failed after the grace period and re-queued by ``RetryHeartbeatStaleTrialCallback``.
+  study has ``n_trials`` finished trials. With heartbeats (:class:`Heartbeat`, timing from
+  the settings), a trial whose worker died is marked failed after the grace period and
+  re-queued by ``RetryHeartbeatStaleTrialCallback``.
 """
 
 from __future__ import annotations
@@ -32,8 +33,6 @@ DEFAULT_THREADS = 2
 MAX_ROUNDS = 2000
 EARLY_STOPPING_ROUNDS = 40
 REPORT_EVERY = 10
-HEARTBEAT_SECONDS = 30
-GRACE_SECONDS = 90
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -162,27 +161,58 @@ def make_objective(
     return objective
 
 
-def storage_for(url: str, heartbeat: bool = True) -> RDBStorage:
-    """RDB storage (SQLite or PostgreSQL) with heartbeats that re-queue a dead worker's trial."""
+@dataclass(frozen=True)
+class Heartbeat:
+    """Optuna heartbeat timing of the trials a process runs.
+
+    A running trial records a heartbeat every ``interval`` seconds; one whose last heartbeat
+    is older than ``grace`` seconds is failed and re-queued by the next process that starts a
+    trial. Built from the settings (``optuna_heartbeat_seconds``, ``optuna_grace_seconds``).
+    """
+
+    interval: int
+    grace: int
+
+    def __post_init__(self) -> None:
+        if self.interval <= 0 or self.grace <= self.interval:
+            raise ValueError(
+                f"heartbeat needs interval > 0 and grace > interval, got interval="
+                f"{self.interval} s, grace={self.grace} s"
+            )
+
+
+def storage_for(url: str, heartbeat: Heartbeat | None) -> RDBStorage:
+    """RDB storage (SQLite or PostgreSQL) at ``url``.
+
+    With a ``heartbeat``, running trials record heartbeats and a dead worker's trial is
+    re-queued (three times at most); ``None`` opens the storage without them, for reading
+    studies and creating the schema.
+    """
     if not heartbeat:
         return RDBStorage(url)
     return RDBStorage(
         url,
-        heartbeat_interval=HEARTBEAT_SECONDS,
-        grace_period=GRACE_SECONDS,
+        heartbeat_interval=heartbeat.interval,
+        grace_period=heartbeat.grace,
         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
     )
 
 
 def create_study(
-    storage_url: str | None, study_name: str, seed: int, direction: str = "minimize"
+    storage_url: str | None,
+    study_name: str,
+    seed: int,
+    direction: str = "minimize",
+    *,
+    heartbeat: Heartbeat | None,
 ) -> optuna.Study:
     """Create or load a study: seeded TPE, median pruner, stored at ``storage_url``.
 
-    ``storage_url=None`` keeps the study in memory (tests, notebooks).
+    ``storage_url=None`` keeps the study in memory (tests, notebooks); ``heartbeat`` is the
+    timing of its trials' heartbeats in a storage (``None``: none).
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = storage_for(storage_url) if storage_url else None
+    storage = storage_for(storage_url, heartbeat) if storage_url else None
     return optuna.create_study(
         storage=storage,
         study_name=study_name,
@@ -207,23 +237,32 @@ def optimize(
     callbacks: Sequence[Callable] = (),
     timeout: float | None = None,
 ) -> int:
-    """Run trials until the study holds ``n_trials`` finished ones; returns how many ran here.
+    """Run trials until the study holds ``n_trials`` finished ones.
 
-    A study that already has enough (a re-run, or other workers did them) runs nothing, so
-    re-running a command is idempotent and several workers stop together.
+    Returns how many finished (complete or pruned) trials this process ran; trials other
+    processes ran on the same study meanwhile are not counted, so the counts of all the
+    processes of a job add up to the study's finished trials. A study that already has
+    enough (a re-run, or other workers did them) runs nothing, so re-running a command is
+    idempotent and several workers stop together.
     """
     remaining = n_trials - finished_trials(study)
     if remaining <= 0:
         return 0
-    before = len(study.trials)
+    ran = {"finished": 0}
+
+    def count(_study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        # Optuna calls callbacks in the process that ran the trial, once it has been told.
+        if trial.state in FINISHED:
+            ran["finished"] += 1
+
     study.optimize(
         objective,
         n_trials=remaining,
         timeout=timeout,
-        callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED), *callbacks],
+        callbacks=[count, optuna.study.MaxTrialsCallback(n_trials, states=FINISHED), *callbacks],
         gc_after_trial=False,
     )
-    return len(study.trials) - before
+    return ran["finished"]
 
 
 @dataclass
@@ -236,6 +275,7 @@ class TuneResult:
     best_value: float
     best_valid_auc: float
     trials_run: int
+    """Finished trials this process ran (not those of other workers on the study)."""
     trials_total: int
     wall_seconds: float
     train_seconds: float
@@ -258,9 +298,14 @@ def tune_lightgbm(
     storage_url: str | None,
     study_name: str,
     callbacks: Sequence[Callable] = (),
+    *,
+    heartbeat: Heartbeat | None,
 ) -> tuple[optuna.Study, TuneResult]:
-    """Tune LightGBM on a Dataset pair; returns the study and its best trial."""
-    study = create_study(storage_url, study_name, seed)
+    """Tune LightGBM on a Dataset pair; returns the study and its best trial.
+
+    ``heartbeat`` is the trials' heartbeat timing in the storage (see :func:`create_study`).
+    """
+    study = create_study(storage_url, study_name, seed, heartbeat=heartbeat)
     clock = TrialClock()
     started = time.perf_counter()
     ran = optimize(study, make_objective(train, valid, y_valid, seed, clock), n_trials, callbacks)
