@@ -73,6 +73,12 @@ BENCHMARKS: dict[str, tuple[str, list[str], str]] = {
         "Online endpoint and batch scoring (targets: p50 ≤ 5 ms, p99 ≤ 15 ms, ≤ 3× the "
         "in-process floor; ≥ 3,000 customers/s at 100 ids; batch ≥ 50,000 customers/s).",
     ),
+    "serving_redis": (
+        "benchmarks.bench_serving",
+        ["--online-store", "redis://127.0.0.1:6379/0"],
+        "The same online endpoint and batch scoring with the Redis online store (the "
+        "production backend; same targets).",
+    ),
 }
 
 

@@ -9,10 +9,12 @@ Two read paths give the same values (a test checks them against each other):
 
 - ``feast``: ``FeatureStore.get_online_features`` with pre-built feature references (any
   online store Feast supports), decoded straight from its response proto;
-- ``direct`` (default for SQLite): one SQL statement over the tables Feast keeps for the
-  views, with the stored ``ValueProto`` bytes decoded by numpy. Feast's SQLite store converts
-  every value into Python objects, which costs about 2 ms per customer at 112 features; this
-  path reads the same rows at a small fraction of that.
+- ``direct`` (default for SQLite and Redis): one read of the rows Feast keeps for the views,
+  with the stored ``ValueProto`` bytes decoded by numpy. On SQLite that is one SQL statement
+  over the views' tables; on Redis one pipeline of ``HMGET`` on the hashes Feast writes (its
+  key and field layout, see :mod:`feature_repo.online_writer`). Feast's own readers convert
+  every value into Python objects, which costs about 0.5-2 ms per customer at 112 features;
+  this path reads the same bytes at a small fraction of that.
 
 A store that is gone or unreadable raises :class:`OnlineStoreUnavailable` (the service answers
 503). Feast keeps its SQLite connection open, so a deleted file would otherwise go on being
@@ -164,6 +166,20 @@ def decode_value(raw: bytes | None) -> float | str | None:
     return None if kind in (None, "null_val") else getattr(value, kind)
 
 
+_DECODED: dict[bytes, float | str | None] = {}
+_DECODED_MAX = 65_536
+
+
+def _decoded(raw: bytes):
+    """:func:`decode_value`, remembered: string features and timestamps take few values."""
+    value = _DECODED.get(raw, _DECODED)
+    if value is _DECODED:
+        if len(_DECODED) >= _DECODED_MAX:
+            _DECODED.clear()
+        value = _DECODED[raw] = decode_value(raw)
+    return value
+
+
 def fill_batch(
     layout: FeatureLayout,
     customer_ids: list[str],
@@ -196,7 +212,7 @@ def fill_batch(
         decoded[doubles] = True
     string_col = {layout.names.index(s): s for s in layout.strings}
     for i in np.flatnonzero(~decoded & (lengths > 0)).tolist():
-        value = decode_value(blobs[i])
+        value = _decoded(blobs[i])
         col = int(cols[i])
         if col in string_col:
             batch.strings[string_col[col]][rows[i]] = None if value is None else str(value)
@@ -211,27 +227,33 @@ def fill_batch(
 class OnlineReader:
     """Reads a :class:`FeatureLayout`'s features for a list of customers from one store.
 
-    ``method`` is ``direct`` (SQLite only), ``feast`` or ``auto`` (direct where supported).
-    Thread-safe: the SQLite connection is shared under a lock.
+    ``method`` is ``direct`` (SQLite and Redis), ``feast`` or ``auto`` (direct where
+    supported). ``timeout`` bounds a direct Redis read (socket timeouts), so an unreachable
+    server fails the read instead of hanging it. Thread-safe: the SQLite connection is shared
+    under a lock; the Redis client has its own connection pool.
     """
 
-    def __init__(self, store: FeatureStore, method: str = "auto") -> None:
+    def __init__(self, store: FeatureStore, method: str = "auto", timeout: float = 5.0) -> None:
         if method not in READ_METHODS:
             raise ValueError(f"unknown online read method {method!r}; choose one of {READ_METHODS}")
         self.store = store
         config = store.config
         self.sqlite = online_writer.sqlite_supported(config)
+        self.redis = config.online_store.type == "redis"
         self.path: Path | None = online_writer.sqlite_path(config) if self.sqlite else None
-        if method == "direct" and not self.sqlite:
-            raise ValueError("the direct read path supports the SQLite online store only")
-        self.method = "direct" if method == "auto" and self.sqlite else method
-        if self.method == "auto":
-            self.method = "feast"
+        if method == "direct" and not (self.sqlite or self.redis):
+            raise ValueError("the direct read path supports the SQLite and Redis online stores")
+        if method == "auto":
+            method = "direct" if self.sqlite or self.redis else "feast"
+        self.method = method
+        self.timeout = timeout
+        self._redis = None
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._inode: tuple[int, int] | None = None
         self._sql: dict[tuple, str] = {}
         self._tables = {v.name: v for v in store.list_feature_views()}
+        self._redis_fields: dict[tuple[str, ...], list[bytes]] = {}
 
     # -- health --------------------------------------------------------------------------
     def _check_file(self) -> tuple[int, int]:
@@ -272,6 +294,8 @@ class OnlineReader:
         if not ids:
             return empty_batch(layout, ids)
         try:
+            if self.method == "direct" and self.redis:
+                return self._read_redis(layout, ids)
             if self.method == "direct":
                 return self._read_sqlite(layout, ids)
             if self.sqlite:
@@ -333,6 +357,76 @@ class OnlineReader:
         batch = fill_batch(layout, unique_ids, rows, cols, views, blobs, seconds)
         return _expand(batch, unique_ids, ids)
 
+    def _redis_client(self):
+        """A client for the configured Redis with socket timeouts (Feast sets none)."""
+        if self._redis is None:
+            import redis
+            from feast.infra.online_stores.redis import RedisOnlineStore, RedisType
+
+            online = self.store.config.online_store
+            nodes, kwargs = RedisOnlineStore._parse_connection_string(online.connection_string)
+            if online.redis_type == RedisType.redis:
+                from redis.backoff import NoBackoff
+                from redis.retry import Retry
+
+                kwargs.setdefault("socket_timeout", self.timeout)
+                kwargs.setdefault("socket_connect_timeout", self.timeout)
+                # redis-py retries a timed-out command three times with backoff by default,
+                # several times the request's budget: one attempt, then a 503.
+                kwargs.setdefault("retry", Retry(NoBackoff(), 0))
+                self._redis = redis.Redis(host=nodes[0]["host"], port=nodes[0]["port"], **kwargs)
+            else:  # cluster or sentinel: Feast's own client construction
+                self._redis = RedisOnlineStore()._get_client(online)
+        return self._redis
+
+    def _read_redis(self, layout: FeatureLayout, ids: list[str]) -> FeatureBatch:
+        from feast.infra.online_stores.helpers import _mmh3
+
+        unique_ids = list(dict.fromkeys(ids))
+        config = self.store.config
+        project = config.project.encode("utf-8")
+        keys = [
+            k + project
+            for k in online_writer.entity_keys(unique_ids, config.entity_key_serialization_version)
+        ]
+        fields = self._redis_fields.get(layout.names)
+        if fields is None:
+            fields = [f"_ts:{view}".encode() for view in layout.view_names]
+            fields += [_mmh3(f"{view}:{name}") for view, names in layout.views.items()
+                       for name in names]  # fmt: skip
+            self._redis_fields[layout.names] = fields
+        # HGETALL, not HMGET of the wanted fields: Feast's hashes (about 120 fields) are
+        # listpacks, in which every HMGET field is a linear scan; measured on Redis 7, HMGET
+        # took 151 us of server time per customer and HGETALL 23 us.
+        with self._redis_client().pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hgetall(key)
+            replies = [list(map(reply.get, fields)) for reply in pipe.execute()]
+        n_views, n_features = len(layout.views), len(layout.names)
+        seconds: dict[bytes | None, int] = {}
+        stamps = np.array(
+            [
+                [
+                    seconds.get(raw) or seconds.setdefault(raw, _timestamp_seconds(raw))
+                    for raw in reply[:n_views]
+                ]  # fmt: skip
+                for reply in replies
+            ],
+            dtype=np.int64,
+        ).reshape(len(replies), n_views)
+        cells = [raw for reply in replies for raw in reply[n_views:]]
+        present = np.fromiter(map(bool, cells), dtype=bool, count=len(cells))
+        where = np.flatnonzero(present)
+        rows, cols = np.divmod(where, n_features)
+        view_of_col = np.repeat(np.arange(n_views), [len(fs) for fs in layout.views.values()])
+        views = view_of_col[cols]
+        blobs = list(compress(cells, present.tolist()))
+        batch = fill_batch(layout, unique_ids, rows, cols, views, blobs, stamps[rows, views])
+        # The view's own event time is authoritative, also for a view whose values are all null.
+        batch.timestamps = stamps
+        batch.known = (stamps != _MISSING_TS).any(axis=1)
+        return _expand(batch, unique_ids, ids)
+
     def _read_feast(self, layout: FeatureLayout, ids: list[str]) -> FeatureBatch:
         response = self.store.get_online_features(
             features=layout.refs, entity_rows=[{JOIN_KEY: c} for c in ids]
@@ -351,10 +445,12 @@ class OnlineReader:
             stamps = [t.seconds for t in result.event_timestamps]
             v = view_of[name]
             for row, value in enumerate(result.values):
-                if statuses[row] in _ABSENT:
+                kind = value.WhichOneof("val")
+                # Feast's Redis store answers a missing key with PRESENT, an empty value and
+                # time 0 (its SQLite store with NOT_FOUND): no stored row either way.
+                if statuses[row] in _ABSENT or (stamps[row] == 0 and kind is None):
                     continue
                 batch.timestamps[row, v] = stamps[row]
-                kind = value.WhichOneof("val")
                 if kind is None or kind == "null_val":
                     continue
                 raw = getattr(value, kind)
@@ -364,6 +460,16 @@ class OnlineReader:
                     batch.numeric[row, col] = float(raw)
         batch.known = (batch.timestamps != _MISSING_TS).any(axis=1)
         return batch
+
+
+def _timestamp_seconds(raw: bytes | None) -> int:
+    """Seconds of a serialised ``google.protobuf.Timestamp`` (:data:`MISSING_TIMESTAMP` if
+    absent). Field 1 (tag ``0x08``) is the seconds varint; nanoseconds are not served."""
+    if not raw:
+        return _MISSING_TS
+    if raw[0] != 0x08:  # seconds omitted: the epoch itself (or nanoseconds only)
+        return 0
+    return _varint(raw, 1)[0]
 
 
 def _literal(text: str) -> str:

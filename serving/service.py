@@ -270,7 +270,7 @@ class OmniScore:
         self.config = CONFIG
         self.settings = Settings.from_env()
         self.store = feature_store(self.settings)
-        self.reader = OnlineReader(self.store, self.config.online_read)
+        self.reader = OnlineReader(self.store, self.config.online_read, timeout=self.config.timeout)
         self.models = None  # a ModelSet; replaced whole, never mutated
         self.load_error: str | None = None
         self._reload_lock = threading.Lock()
@@ -381,9 +381,11 @@ class OmniScore:
         if models is None:
             return _error(503, "not_ready", f"models not loaded: {self.load_error or 'loading'}")
         started = time.perf_counter()
-        if explain is False and len(customer_ids) <= INLINE_IDS and self.reader.method == "direct":
-            # A few ids from the local SQLite file take well under a millisecond: handing
-            # them to a worker thread and back costs more than that on a busy machine.
+        inline = self.reader.method == "direct" and self.reader.sqlite
+        if explain is False and len(customer_ids) <= INLINE_IDS and inline:
+            # A few ids from the local SQLite file take about a millisecond: handing them to a
+            # worker thread and back costs as much on a busy machine. A network store stays
+            # off the event loop, so that a hung server cannot stall the health checks.
             try:
                 records = self._score_sync(models, customer_ids, False)
             except OnlineStoreUnavailable as exc:

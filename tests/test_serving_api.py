@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -20,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 from training_home import build_home
 
-from feature_repo.store import feature_store, materialize, online_features
+from feature_repo.store import apply, feature_store, materialize, online_features
 from serving.batch import score_batch
 from serving.config import PINNED_MODELS_FILE
 from serving.launcher import start_server
@@ -179,6 +181,93 @@ def test_direct_and_feast_reads_agree(home):
     for name in layout.strings:
         assert direct.strings[name].tolist() == feast.strings[name].tolist()
     assert any(v is not None for v in direct.strings["region"].tolist())
+
+
+@pytest.fixture(scope="module")
+def redis_home(home, services, tmp_path_factory):
+    """The home's snapshots materialized into Redis (own Feast project), same registry."""
+    import uuid
+
+    import redis
+
+    project = f"omniscore_test_{uuid.uuid4().hex[:12]}"
+    settings = replace(
+        home,
+        home=tmp_path_factory.mktemp("serving-redis"),
+        mlflow_tracking_uri=home.tracking_uri,
+        online_store=services["redis"],
+        feast_project=project,
+    )
+    settings.ensure_dirs()
+    for path in home.features_dir.glob("*.parquet"):
+        shutil.copy(path, settings.features_dir / path.name)
+    apply(settings)
+    materialize(settings)
+    yield settings
+    client = redis.Redis.from_url(services["redis"])
+    for key in client.scan_iter(match=b"*" + project.encode(), count=1000):
+        client.delete(key)
+
+
+@pytest.mark.services
+def test_redis_direct_reads_equal_feast_and_sqlite_reads(home, redis_home):
+    layout = load_model_set(home, feature_store(home)).layout
+    ids = [*IDS[:20], UNKNOWN, IDS[3]]
+    sqlite = OnlineReader(feature_store(home), "direct").read(layout, ids)
+    store = feature_store(redis_home)
+    direct = OnlineReader(store, "direct").read(layout, ids)
+    feast = OnlineReader(store, "feast").read(layout, ids)
+    assert OnlineReader(store).method == "direct"
+    for other in (feast, sqlite):
+        assert np.array_equal(direct.numeric, other.numeric, equal_nan=True)
+        assert np.array_equal(direct.timestamps, other.timestamps)
+        assert direct.known.tolist() == other.known.tolist() == [True] * 20 + [False, True]
+        for name in layout.strings:
+            assert direct.strings[name].tolist() == other.strings[name].tolist()
+
+
+@pytest.mark.services
+def test_score_on_redis_equals_score_on_sqlite(redis_home, client):
+    ids = [IDS[0], UNKNOWN, IDS[5], IDS[9]]
+    with start_server(redis_home, api_key=API_KEY, options={"reload_interval": 0}) as server:
+        assert server.wait_ready()["online_read"] == "direct"
+        with httpx.Client(base_url=server.url, headers=server.headers(), timeout=30) as redis_c:
+            for explain in (False, True):
+                on_redis = _score(redis_c, ids, explain=explain)
+                on_sqlite = _score(client, ids, explain=explain)
+                assert on_redis == on_sqlite
+    assert on_redis["scores"][0]["explanation"] is not None
+
+
+@pytest.mark.services
+def test_redis_that_never_answers_gives_503_within_the_timeout(redis_home):
+    # A listening socket that never replies: connects succeed, reads hang.
+    with socket.socket() as black_hole:
+        black_hole.bind(("127.0.0.1", 0))
+        black_hole.listen(64)
+        port = black_hole.getsockname()[1]
+        settings = replace(redis_home, online_store=f"redis://127.0.0.1:{port}/0")
+        options = {"reload_interval": 0, "timeout": 1}
+        with start_server(settings, api_key=API_KEY, options=options, wait=False) as server:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                try:
+                    if httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.25)
+            ready = httpx.get(f"{server.url}/readyz", timeout=10)
+            assert ready.status_code == 503
+            assert "online store" in ready.json()["reason"]
+            with httpx.Client(base_url=server.url, headers=server.headers(), timeout=10) as c:
+                began = time.monotonic()
+                response = c.post("/score", json={"customer_ids": [IDS[0]]})
+                elapsed = time.monotonic() - began
+            assert response.status_code == 503, response.text
+            assert response.json()["error"] in ("online_store_unavailable", "timeout")
+            assert "Traceback" not in response.text
+            assert elapsed < 5
 
 
 # --- security and errors --------------------------------------------------------------------
