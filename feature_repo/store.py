@@ -129,7 +129,7 @@ def repo_config(settings: Settings) -> RepoConfig:
         provider="local",
         registry=registry_config(settings),
         online_store=online_store_config(settings),
-        offline_store={"type": "file"},
+        offline_store={"type": settings.offline_store},
         entity_key_serialization_version=3,
         repo_path=FEATURE_REPO_DIR,
     )

@@ -59,7 +59,7 @@ def backends(settings: Settings) -> dict[str, str]:
         ),
         "feast registry": f"{registry['registry_type']} {registry['path']}",
         "online store": online_backend,
-        "offline store": f"file (Parquet) {settings.features_dir}",
+        "offline store": f"{settings.offline_store} (Parquet) {settings.features_dir}",
         "mlflow tracking": f"{_scheme(tracking)} {tracking}",
         "mlflow registry": f"{_scheme(tracking)} {tracking}",
         "mlflow artifacts": settings.mlflow_artifact_uri,

@@ -91,7 +91,7 @@ def test_feature_store_yaml_and_programmatic_config_agree(tmp_path, monkeypatch)
     assert from_yaml.online_store.model_dump() == built.online_store.model_dump()
     assert built.online_store.path == str(tmp_path / "feast" / "online_store.db")
     assert from_yaml.offline_store.model_dump() == built.offline_store.model_dump()
-    assert from_yaml.offline_store.type == "file"
+    assert from_yaml.offline_store.type == "duckdb"
     assert from_yaml.entity_key_serialization_version == 3
     assert built.entity_key_serialization_version == 3
 
@@ -217,9 +217,12 @@ def test_stale_views_flags_snapshots_older_than_the_ttl(materialized):
 
 
 # --- offline -----------------------------------------------------------------------------------
-def test_historical_features_one_row_per_entity_row_point_in_time(materialized):
+@pytest.mark.parametrize("offline_store", ["duckdb", "file"])
+def test_historical_features_one_row_per_entity_row_point_in_time(materialized, offline_store):
     home, _ = materialized
-    store = feast_store.feature_store(home.settings)
+    settings = replace(home.settings, offline_store=offline_store)
+    store = feast_store.feature_store(settings)
+    assert store.config.offline_store.type == offline_store
     entity_df = pd.DataFrame(
         {
             "customer_id": ["c1", "c1", "c1", "c3", "unknown", "c2", "c4", "c1"],
