@@ -186,3 +186,16 @@ def test_optimize_counts_only_the_trials_this_process_ran(tmp_path):
     assert optimize(ours, objective, n_trials=6) == 3
     assert finished_trials(ours) == 6
     assert optimize(ours, objective, n_trials=6) == 0  # a complete study runs nothing
+
+
+def test_tuning_sample_is_stratified_deterministic_and_whole_when_small():
+    from training.train import tuning_sample
+
+    y = np.r_[np.zeros(9000, dtype=int), np.ones(1000, dtype=int)]
+    sample = tuning_sample(y, limit=2000)
+    assert len(sample) == 2000 and len(set(sample.tolist())) == 2000
+    assert np.all(np.diff(sample) > 0)  # sorted, so rows keep their order
+    assert y[sample].sum() == 200  # the positive rate of the whole, 10%
+    assert np.array_equal(sample, tuning_sample(y, limit=2000))  # every worker: same rows
+    assert np.array_equal(tuning_sample(y, limit=10_000), np.arange(10_000))
+    assert np.array_equal(tuning_sample(y, limit=0), np.arange(10_000))
