@@ -469,10 +469,12 @@ def historical_features(
     Feast 0.67's file offline store drops an entity row when a view has snapshots of that
     customer but all lie after the row's timestamp or beyond the view's TTL, and that drop
     takes the row's other views with it (a customer 30 days after their last snapshot loses
-    the profile columns too, though the profile TTL is 90 days). So each view is fetched on its
-    own and realigned on a row number: a row a view drops is exactly a row with no valid
-    snapshot in that view, i.e. nulls for that view only, and no row is lost or reordered.
-    Identical entity rows (Feast would keep one) each get the same answer.
+    the profile columns too, though the profile TTL is 90 days). So with that store each view
+    is fetched on its own and realigned on a row number: a row a view drops is exactly a row
+    with no valid snapshot in that view, i.e. nulls for that view only, and no row is lost or
+    reordered. The DuckDB store left-joins every view to the entity rows, so one request
+    serves all views; its answer is checked to hold every entity row once. Identical entity
+    rows (Feast would keep one) each get the same answer.
     """
     missing = {JOIN_KEY, TIMESTAMP} - set(entity_df.columns)
     if missing:
@@ -487,16 +489,26 @@ def historical_features(
     pairs = frame[[JOIN_KEY, TIMESTAMP]].drop_duplicates(ignore_index=True)
     pairs[_ROW] = np.arange(len(pairs))
     pair_of_row = frame[[JOIN_KEY, TIMESTAMP]].merge(pairs, how="left")[_ROW].to_numpy()
+    # One request per view where the store may drop rows (the file store); one for all
+    # views otherwise, its answer checked to hold every entity row exactly once.
+    batches = (
+        [views] if store.config.offline_store.type != "file" else [{v: n} for v, n in views.items()]
+    )
     parts = []
-    for view, names in views.items():
+    for batch in batches:
+        names = [n for fs in batch.values() for n in fs]
         if pairs.empty:
             part = pd.DataFrame(columns=names)
         else:
-            result = store.get_historical_features(
-                entity_df=pairs, features=[f"{view}:{name}" for name in names]
-            ).to_df()
+            refs = [f"{view}:{name}" for view, fs in batch.items() for name in fs]
+            result = store.get_historical_features(entity_df=pairs, features=refs).to_df()
             if result[_ROW].duplicated().any():
-                raise RuntimeError(f"Feast returned two rows for one entity row in view {view}")
+                raise RuntimeError(f"Feast returned two rows for one entity row ({list(batch)})")
+            if len(batches) == 1 and len(result) != len(pairs):
+                raise RuntimeError(
+                    f"the {store.config.offline_store.type} offline store returned {len(result)}"
+                    f" rows for {len(pairs)} entity rows; use OMNISCORE_OFFLINE_STORE=file"
+                )
             part = result.set_index(_ROW)[names].reindex(np.arange(len(pairs)))
         part = part.iloc[pair_of_row]
         parts.append(pd.DataFrame({n: _typed(part[n].tolist(), dtypes[n]) for n in names}))

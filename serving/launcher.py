@@ -65,6 +65,10 @@ def server_env(
             raise KeyError(f"unknown serving option {name!r}; known: {sorted(ENV)}")
         env[ENV[name]] = str(value)
     env["BENTOML_DO_NOT_TRACK"] = "True"
+    # BentoML empties $BENTOML_HOME/prometheus_multiproc_dir whenever a server starts, which
+    # deletes the metric files of any other server running on the same BentoML home: each
+    # OmniScore home gets its own unless BENTOML_HOME is set explicitly.
+    env.setdefault("BENTOML_HOME", str(settings.home / "bentoml"))
     env.setdefault("PYTHONPATH", str(REPO_ROOT))
     return env
 

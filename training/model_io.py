@@ -24,6 +24,7 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import lightgbm as lgb
@@ -92,6 +93,14 @@ def vocabulary(values: pd.Series) -> list[str]:
 
 
 # --- classifier package ---------------------------------------------------------------------
+@lru_cache(maxsize=8)
+def _percentile_grid(n: int) -> np.ndarray:
+    """``n`` evenly spaced percentiles from 0 to 100 (read-only; shared between calls)."""
+    grid = np.linspace(0, 100, n)
+    grid.flags.writeable = False
+    return grid
+
+
 @dataclass
 class ClassifierPackage:
     """A calibrated LightGBM classifier plus everything needed to score and explain with it."""
@@ -134,7 +143,7 @@ class ClassifierPackage:
     def score_percentile(self, p: np.ndarray | float) -> np.ndarray:
         """Percentile (0-100) of calibrated probabilities in the training population."""
         q = np.asarray(self.score_quantiles)
-        grid = np.linspace(0, 100, len(q))
+        grid = _percentile_grid(len(q))
         # Interpolating on the percentile grid handles flat runs of tied quantiles.
         return np.interp(np.asarray(p, dtype=float), q, grid)
 

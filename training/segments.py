@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,32 @@ _MIX_VALUE_INPUTS: dict[str, tuple[float | None, bool]] = {
 }
 """Value and lifecycle inputs of the channel-mix recipe: feature -> (upper cap, log1p).
 Tenure is capped at a year and kept linear: "new" against "established" is what matters."""
+
+
+@dataclass(frozen=True)
+class _DerivePlan:
+    """Column positions :meth:`Preprocessor._derive` reads and writes, per input kind."""
+
+    share_src: np.ndarray
+    share_pos: np.ndarray
+    total_pos: np.ndarray
+    plain_src: np.ndarray
+    plain_pos: np.ndarray
+
+
+@lru_cache(maxsize=64)
+def _derive_plan(features: tuple[str, ...], inputs: tuple[str, ...]) -> _DerivePlan:
+    column = {n: j for j, n in enumerate(features)}
+    shares = [j for j, n in enumerate(inputs) if n.startswith(SHARE_PREFIX)]
+    plain = [j for j, n in enumerate(inputs) if not n.startswith(SHARE_PREFIX) and n != TOTAL_INPUT]
+    as_array = lambda v: np.asarray(v, dtype=np.int64)  # noqa: E731
+    return _DerivePlan(
+        share_src=as_array([column[inputs[j].removeprefix(SHARE_PREFIX)] for j in shares]),
+        share_pos=as_array(shares),
+        total_pos=as_array([j for j, n in enumerate(inputs) if n == TOTAL_INPUT]),
+        plain_src=as_array([column[inputs[j]] for j in plain]),
+        plain_pos=as_array(plain),
+    )
 
 
 @dataclass
@@ -133,31 +160,31 @@ class Preprocessor:
         return pre
 
     def _derive(self, raw: np.ndarray) -> np.ndarray:
-        """Unscaled inputs (n, len(inputs)) from raw features (n, len(features))."""
+        """Unscaled inputs (n, len(inputs)) from raw features (n, len(features)).
+
+        Per input: its source (a channel share, the summed count, or a feature imputed with
+        ``fill``), then the ``cap``, then log1p where ``log`` says so; column by column in
+        vectorised form, as serving calls this for every request.
+        """
         if not self.inputs:  # a model saved before inputs were derived: inputs = features
             return self._impute_log(raw)
-        column = {n: j for j, n in enumerate(self.features)}
-        share_src = [
-            n.removeprefix(SHARE_PREFIX) for n in self.inputs if n.startswith(SHARE_PREFIX)
-        ]
-        counts = raw[:, [column[n] for n in share_src]] if share_src else np.zeros((len(raw), 0))
+        plan = _derive_plan(tuple(self.features), tuple(self.inputs))
+        n = len(raw)
+        counts = raw[:, plan.share_src]
         counts = np.clip(np.where(np.isfinite(counts), counts, 0.0), 0, None)
         total = counts.sum(axis=1)
-        shares = counts / np.maximum(total, 1e-9)[:, None]
-        x = np.empty((len(raw), len(self.inputs)))
-        for j, name in enumerate(self.inputs):
-            if name.startswith(SHARE_PREFIX):
-                col = shares[:, share_src.index(name.removeprefix(SHARE_PREFIX))]
-            elif name == TOTAL_INPUT:
-                col = total
-            else:
-                col = raw[:, column[name]]
-                col = np.where(np.isfinite(col), col, self.fill[j])
-            if self.cap[j] is not None:
-                col = np.minimum(col, self.cap[j])
-            if self.log[j]:
-                col = np.log1p(np.clip(col, 0, None))
-            x[:, j] = col
+        x = np.empty((n, len(self.inputs)))
+        x[:, plan.share_pos] = counts / np.maximum(total, 1e-9)[:, None]
+        x[:, plan.total_pos] = total[:, None]
+        plain = raw[:, plan.plain_src]
+        fill = np.asarray(self.fill, dtype=float)[plan.plain_pos]
+        x[:, plan.plain_pos] = np.where(np.isfinite(plain), plain, fill)
+        caps = np.array([np.inf if c is None else c for c in self.cap], dtype=float)
+        if np.isfinite(caps).any():
+            x = np.minimum(x, caps)
+        logs = np.asarray(self.log, dtype=bool)
+        if logs.any():
+            x[:, logs] = np.log1p(np.clip(x[:, logs], 0, None))
         return x
 
     def _impute_log(self, raw: np.ndarray) -> np.ndarray:
