@@ -44,7 +44,6 @@ from training import tune
 from training.distributed import (
     logged_trial_numbers,
     prepare_storage,
-    run_workers,
     start_worker,
     train_with_workers,
 )
@@ -375,20 +374,6 @@ def test_three_workers_reach_the_trial_count_and_the_parent_run_shows_every_tria
     logged = logged_trial_numbers(client, result.experiment_id, result.run_id)
     assert logged == set(finished)
     assert client.get_run(result.run_id).data.tags["omniscore.tuning_workers"] == "3"
-
-
-def test_each_worker_reports_the_trials_it_ran_and_the_counts_add_up(home, postgres_db):
-    url = postgres_db()
-    settings = replace(home, optuna_storage=url)
-    trials, workers = 10, 3
-    report = run_workers(settings, "segments", trials, workers, seed=19, threads=1)
-    assert report.exit_codes == [0] * workers and None not in report.trials_run
-    study = _study(url)  # exactly one study
-    # No process died, so nothing was failed or re-queued: every trial in the study was run
-    # and told by exactly one process, which counted it once.
-    assert all(t.state in tune.FINISHED for t in study.trials)
-    assert report.total_trials_run == len(study.trials)
-    assert trials <= len(study.trials) <= trials + workers - 1
 
 
 def test_workers_join_the_study_of_train_with_its_data_options(home, postgres_db, tmp_path):
