@@ -63,8 +63,17 @@ BENCHMARKS: dict[str, tuple[str, list[str], str]] = {
     ),
     "training": (
         "benchmarks.bench_training",
-        ["--customers", "100000", "--days", "365", "--trials", "30",
-         "--home", "/tmp/omniscore-bench-training-100k", "--reuse"],  # fmt: skip
+        [
+            "--customers",
+            "100000",
+            "--days",
+            "365",
+            "--trials",
+            "30",
+            "--home",
+            "/tmp/omniscore-bench-training-100k",
+            "--reuse",
+        ],  # fmt: skip
         "Training all three models (target: 100k customers, 6 cutoffs, 30 trials each ≤ 10 "
         "min; tuning + logging overhead ≤ 10% of trial time).",
     ),
