@@ -73,7 +73,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], str]] = {
             "--home",
             "/tmp/omniscore-bench-training-100k",
             "--reuse",
-        ],  # fmt: skip
+        ],
         "Training all three models (target: 100k customers, 6 cutoffs, 30 trials each ≤ 10 "
         "min; tuning + logging overhead ≤ 10% of trial time).",
     ),
