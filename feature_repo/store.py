@@ -491,9 +491,8 @@ def historical_features(
     pair_of_row = frame[[JOIN_KEY, TIMESTAMP]].merge(pairs, how="left")[_ROW].to_numpy()
     # One request per view where the store may drop rows (the file store); one for all
     # views otherwise, its answer checked to hold every entity row exactly once.
-    batches = (
-        [views] if store.config.offline_store.type != "file" else [{v: n} for v, n in views.items()]
-    )
+    per_view = store.config.offline_store.type == "file"
+    batches = [{v: n} for v, n in views.items()] if per_view else [views]
     parts = []
     for batch in batches:
         names = [n for fs in batch.values() for n in fs]
@@ -504,7 +503,7 @@ def historical_features(
             result = store.get_historical_features(entity_df=pairs, features=refs).to_df()
             if result[_ROW].duplicated().any():
                 raise RuntimeError(f"Feast returned two rows for one entity row ({list(batch)})")
-            if len(batches) == 1 and len(result) != len(pairs):
+            if not per_view and len(result) != len(pairs):
                 raise RuntimeError(
                     f"the {store.config.offline_store.type} offline store returned {len(result)}"
                     f" rows for {len(pairs)} entity rows; use OMNISCORE_OFFLINE_STORE=file"
