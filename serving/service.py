@@ -15,6 +15,7 @@ module reads them when BentoML imports it, since the service decorator needs the
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import threading
@@ -237,6 +238,21 @@ def _metrics() -> dict:
     }
 
 
+def _freeze_heap() -> None:
+    """Exempt every object alive now (libraries, registry clients, the models) from garbage
+    collection passes; reference counting still frees them.
+
+    A 100-id request holds some 50,000 small objects at once (its rows), which pushes them
+    into the oldest generation and triggers full collections. Each full pass walked the
+    ~400,000 objects the imports and models leave behind and stalled the process for about
+    250 ms: 8 of 120 such requests in a row (measured in process). After a freeze, a pass
+    walks only what requests allocate. Called after each model swap, so the new set is
+    exempt too. What a freeze keeps from collection is cyclic garbage made before it: about
+    260 small registry-client objects per model load (measured), no model data.
+    """
+    gc.freeze()
+
+
 def _error(status: int, error: str, message: str) -> JSONResponse:
     return JSONResponse({"error": error, "message": message}, status_code=status)
 
@@ -327,6 +343,7 @@ class OmniScore:
                 raise
             self.models = fresh
             self.load_error = None
+            _freeze_heap()
             _metrics()["reloads"].labels(outcome="swapped").inc()
             logger.info("serving model versions %s", fresh.versions)
             return {
