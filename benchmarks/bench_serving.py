@@ -8,6 +8,8 @@ against a store of the target size. Then, against one server started once:
 
 1. floor: in process, one customer's Feast lookup plus the three predictions, sequential —
    both through Feast's ``get_online_features`` and through the server's own read path;
+   and, for calibration, a trivial BentoML endpoint (:mod:`benchmarks.trivial_service`)
+   timed by the same client: what HTTP and BentoML cost per request on this machine;
 2. one id per request, no explanations, one sequential client: p50 / p99;
 3. one id with ``explain``;
 4. 100 ids per request, sequential: customers per second;
@@ -151,6 +153,54 @@ def time_floor(settings: Settings, ids: list[str], repeats: int) -> dict:
     return out
 
 
+def time_trivial_endpoint(work: Path, requests: int) -> dict:
+    """p50 / p99 of :mod:`benchmarks.trivial_service` over HTTP: BentoML's and the client's
+    own cost per request on this machine, the part of ``/score`` no OmniScore code can remove.
+    """
+    import os
+    import subprocess
+    import sys
+
+    from serving.launcher import free_port
+
+    port = free_port()
+    env = {**os.environ, "BENTOML_HOME": str(work / "bentoml-trivial")}
+    command = [sys.executable, "-m", "bentoml", "serve", "benchmarks.trivial_service:Trivial"]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    repo = Path(__file__).resolve().parents[1]
+    process = subprocess.Popen(
+        command, env=env, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the trivial BentoML service did not start")
+            time.sleep(0.2)
+        with httpx.Client(base_url=url, timeout=30) as client:
+            times, errors = [], 0
+            for i in range(requests + 20):
+                began = time.perf_counter()
+                response = client.post("/echo", json={"customer_ids": ["0000001"]})
+                elapsed = time.perf_counter() - began
+                errors += response.status_code != 200
+                if i >= 20:
+                    times.append(elapsed)
+        return {**percentiles(times), "errors": errors}
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 def sequential(client: httpx.Client, bodies, warmup: int = 20) -> tuple[list[float], int]:
     """Send bodies one after another; (latencies, errors)."""
     times, errors = [], 0
@@ -240,6 +290,7 @@ def main() -> None:
     ids = customer_ids(args.customers)
     result: dict = {"customers": args.customers, "train_seconds": train_seconds, **prepared}
     result["floor"] = time_floor(settings, ids, args.requests)
+    result["trivial_endpoint"] = time_trivial_endpoint(work, args.requests)
 
     rng = np.random.default_rng(1)
     key = "bench-key-0123456789abcdef"

@@ -117,8 +117,20 @@ def machine() -> dict:
     }
 
 
+def cpu_ticks() -> tuple[int, int] | None:
+    """(steal, total) jiffies of all CPUs from ``/proc/stat``; None where it is not there."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    ticks = [int(f) for f in fields]
+    # user nice system idle iowait irq softirq steal [guest guest_nice, already in user]
+    return (ticks[7] if len(ticks) > 7 else 0), sum(ticks[:8])
+
+
 def run_one(name: str, extra: list[str]) -> dict:
     module, args, _ = BENCHMARKS[name]
+    ticks_before = cpu_ticks()
     began = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", module, *args, *extra],
@@ -137,6 +149,12 @@ def run_one(name: str, extra: list[str]) -> dict:
         "machine": machine(),
         "result": json.loads(lines[-1]),
     }
+    ticks_after = cpu_ticks()
+    if ticks_before and ticks_after and ticks_after[1] > ticks_before[1]:
+        # CPU time the hypervisor gave to other guests: the same machine type measured 4x
+        # slower in one session than the next, and this is what tells such runs apart.
+        stolen = (ticks_after[0] - ticks_before[0]) / (ticks_after[1] - ticks_before[1])
+        result["machine"]["cpu_steal_percent"] = round(100 * stolen, 1)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     return result
@@ -168,7 +186,12 @@ def render() -> str:
         m = stored["machine"]
         lines += [
             f"`{stored['command']}` — {stored['ran_at']}, {stored['wall_seconds']} s wall; "
-            f"{m['cpu']}, {m['cores']} cores, {m['memory']}, Python {m['python']}.",
+            f"{m['cpu']}, {m['cores']} cores, {m['memory']}, Python {m['python']}"
+            + (
+                f", CPU steal {m['cpu_steal_percent']}% during the run."
+                if "cpu_steal_percent" in m
+                else "."
+            ),
             "",
             "| measure | value |",
             "|---|---|",
