@@ -274,6 +274,37 @@ def _print_results(results) -> None:
     console.print(table)
 
 
+ChurnLookbackOption = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="Churn only: days without activity before a cutoff that make a customer "
+        "inactive, so not labelled (default 90). Give workers the same value as train.",
+    ),
+]
+CutoffsOption = Annotated[
+    int | None,
+    typer.Option(
+        min=3,
+        help="Snapshot cutoffs in the time split: validation, test and up to N-2 training "
+        "ones (default 6). Give workers the same value as train.",
+    ),
+]
+
+
+def _data_options(min_class: int, churn_lookback_days: int | None, cutoffs: int | None) -> dict:
+    """The data options given on the command line, in ``train_model``'s names; unset ones
+    are left out, so the library defaults (and the study name they decide) apply."""
+    data: dict[str, int] = {}
+    if min_class != 100:
+        data["min_class"] = min_class
+    if churn_lookback_days is not None:
+        data["churn_lookback_days"] = churn_lookback_days
+    if cutoffs is not None:
+        data["n_cutoffs"] = cutoffs
+    return data
+
+
 @app.command()
 def train(
     model: Annotated[str, typer.Argument(help="propensity, churn, segments or all.")],
@@ -291,14 +322,15 @@ def train(
     min_class: Annotated[
         int, typer.Option(help="Refuse to train with fewer examples of either class.")
     ] = 100,
+    churn_lookback_days: ChurnLookbackOption = None,
+    cutoffs: CutoffsOption = None,
     home: HomeOption = None,
 ) -> None:
     """Tune with Optuna, train, evaluate, log to MLflow and register as challenger."""
     settings = _settings(home)
     settings.ensure_dirs()
     kw = {"horizon_days": horizon_days, "storage_url": storage}
-    if min_class != 100:
-        kw["min_class"] = min_class
+    kw.update(_data_options(min_class, churn_lookback_days, cutoffs))
     if workers > 1:
         from training.distributed import train_with_workers
 
@@ -334,6 +366,8 @@ def tune_worker(
     min_class: Annotated[
         int, typer.Option(help="Minimum examples of either class, as given to train.")
     ] = 100,
+    churn_lookback_days: ChurnLookbackOption = None,
+    cutoffs: CutoffsOption = None,
     home: HomeOption = None,
 ) -> None:
     """Tuning processes on this machine for the study of a `train --workers` job elsewhere."""
@@ -347,11 +381,9 @@ def tune_worker(
         url = shared_storage(settings, None)
     except ValueError as error:
         _fail(str(error))
-    data: dict[str, int] = {}
+    data = _data_options(min_class, churn_lookback_days, cutoffs)
     if horizon_days is not None:
         data["horizon_days"] = horizon_days
-    if min_class != 100:
-        data["min_class"] = min_class
     console.print(
         f"joining the {model} study at {redact(url)} with {workers} process(es), "
         f"until it holds {trials} finished trials"

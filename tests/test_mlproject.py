@@ -49,7 +49,8 @@ def test_mlflow_run_train_entry_point_registers_churn(tmp_path: Path) -> None:
     # Run from the tmp folder: the Default experiment's artifact root is the working folder.
     result = subprocess.run(
         [str(BIN / "mlflow"), "run", str(ROOT), "-e", "train", "-P", "model=churn",
-         "-P", "trials=2", "--env-manager", "local"],
+         "-P", "trials=2", "-P", "cutoffs=3", "-P", "churn_lookback_days=60", "-P", "min_class=20",
+         "--env-manager", "local"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -65,7 +66,9 @@ def test_mlflow_run_train_entry_point_registers_churn(tmp_path: Path) -> None:
         "model": "churn",
         "trials": "2",
         "seed": "42",
-        "min_class": "100",
+        "min_class": "20",
+        "cutoffs": "3",
+        "churn_lookback_days": "60",
     }
 
     experiment = client.get_experiment_by_name("omniscore")
@@ -76,6 +79,10 @@ def test_mlflow_run_train_entry_point_registers_churn(tmp_path: Path) -> None:
     run = trained[0]
     assert run.info.status == "FINISHED" and run.data.tags["omniscore.model"] == "churn"
     assert run.data.params["trials"] == "2" and run.data.params["horizon_days"] == "60"
+    # The data options reached training through the command line's flags.
+    assert run.data.params["n_cutoffs"] == "3"
+    assert run.data.params["active_lookback_days"] == "60"
+    assert "[T-60d, T)" in run.data.tags["omniscore.label_definition"]
     trials = client.search_runs(
         [experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{run.info.run_id}'"
     )

@@ -199,3 +199,14 @@ def test_tuning_sample_is_stratified_deterministic_and_whole_when_small():
     assert np.array_equal(sample, tuning_sample(y, limit=2000))  # every worker: same rows
     assert np.array_equal(tuning_sample(y, limit=10_000), np.arange(10_000))
     assert np.array_equal(tuning_sample(y, limit=0), np.arange(10_000))
+
+
+def test_churn_lookback_changes_only_the_churn_label():
+    from training.train import label_spec
+
+    churn = label_spec("churn", churn_lookback_days=45)
+    assert (churn.horizon_days, churn.active_lookback_days) == (60, 45)
+    assert "[T-45d, T)" in churn.definition()
+    # `train all --churn-lookback-days 45` must not shorten the history propensity needs.
+    assert label_spec("propensity", churn_lookback_days=45) == label_spec("propensity")
+    assert label_spec("propensity", horizon_days=21, churn_lookback_days=45).lookback_days == 90

@@ -400,8 +400,14 @@ def train_model(
 def label_spec(
     model: str, horizon_days: int | None = None, churn_lookback_days: int | None = None
 ) -> LabelSpec:
-    """The label definition of a classifier: its defaults with the given overrides."""
+    """The label definition of a classifier: its defaults with the given overrides.
+
+    ``churn_lookback_days`` applies to churn only, so that ``train all`` with it leaves the
+    propensity label (and the history it needs) as it is.
+    """
     spec = LabelSpec.default(model)
+    if model != "churn":
+        churn_lookback_days = None
     if horizon_days is None and churn_lookback_days is None:
         return spec
     return LabelSpec(
