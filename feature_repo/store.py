@@ -180,6 +180,9 @@ def apply(settings: Settings) -> ApplySummary:
         if (type(o).__name__, o.name) not in wanted
     ]
     store.apply(objects, objects_to_delete=stale, partial=False)
+    online_writer.cluster_sqlite_tables(
+        store.config, [o for o in objects if isinstance(o, FeatureView)]
+    )
     kinds: dict[str, list[str]] = {}
     for o in objects:
         kinds.setdefault(type(o).__name__, []).append(o.name)

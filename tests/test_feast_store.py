@@ -317,6 +317,49 @@ def test_fast_path_stores_exactly_what_feast_materialize_stores(
         assert all(_same(a, b) for a, b in zip(served[method][name], values, strict=True)), name
 
 
+def _table_sql(settings: Settings) -> dict[str, str]:
+    conn = sqlite3.connect(settings.online_store_path)
+    try:
+        return dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
+    finally:
+        conn.close()
+
+
+def test_apply_clusters_new_online_tables_and_never_drops_rows(tmp_path, make_snapshot_home):
+    settings = make_snapshot_home(tmp_path / "home").settings
+    feast_store.apply(settings)
+    layouts = _table_sql(settings)
+    assert len(layouts) == len(VIEWS)
+    assert all(sql.endswith(") WITHOUT ROWID") for sql in layouts.values()), layouts
+    feast_store.materialize(settings, end=T3 + DAY)
+    stored = _online_dump(settings)
+    assert sum(map(len, stored.values())) == len(CUSTOMERS) * len(FEATURE_NAMES)
+
+    # A store made before clustering keeps its rowid table: apply only rebuilds empty ones.
+    table = next(iter(layouts))
+    conn = sqlite3.connect(settings.online_store_path)
+    with conn:
+        conn.execute(f'ALTER TABLE "{table}" RENAME TO old_rows')
+        conn.execute(layouts[table].removesuffix(" WITHOUT ROWID"))
+        conn.execute(f'INSERT INTO "{table}" SELECT * FROM old_rows')
+        conn.execute("DROP TABLE old_rows")
+    conn.close()
+    feast_store.apply(settings)
+    assert "WITHOUT ROWID" not in _table_sql(settings)[table]
+    assert _online_dump(settings) == stored
+    # Both layouts read alike, through Feast and through the service's own read path.
+    from serving.online import FeatureLayout, OnlineReader
+
+    store = feast_store.feature_store(settings)
+    layout = FeatureLayout.for_services(store, ["propensity_v1", "churn_v1", "segments_v1"])
+    ids = [*CUSTOMERS, "unknown"]
+    direct = OnlineReader(store, "direct").read(layout, ids)
+    through_feast = OnlineReader(store, "feast").read(layout, ids)
+    assert direct.known.tolist() == [True] * len(CUSTOMERS) + [False]
+    np.testing.assert_array_equal(direct.numeric, through_feast.numeric)
+    np.testing.assert_array_equal(direct.timestamps, through_feast.timestamps)
+
+
 def test_value_encoding_matches_feast_conversion():
     floats = [1.5, float("nan"), -0.0, 0.0, math.inf, -math.inf, 5e-324, 1e-300, 1e16, 0.1]
     floats += [1.7976931348623157e308, 123456789.12345679, -2.2250738585072014e-308, 3.0]
