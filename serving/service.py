@@ -33,8 +33,9 @@ from serving.guard import Guard
 logger = logging.getLogger("omniscore.serving")
 CONFIG = ServeConfig.from_env()
 INLINE_IDS = 8
-"""Requests of at most this many ids (without explain) on the direct SQLite read are scored on
-the event loop; larger ones, explanations and remote stores go to a worker thread."""
+"""Requests of at most this many ids (without explain) on a direct read of SQLite or a
+standalone Redis are read and scored on the event loop; larger ones, explanations and other
+stores go to a worker thread."""
 EXAMPLE_VERSIONS = {"propensity": "3", "churn": "2", "segments": "1"}
 
 CustomerId = Annotated[
@@ -398,34 +399,33 @@ class OmniScore:
         if models is None:
             return _error(503, "not_ready", f"models not loaded: {self.load_error or 'loading'}")
         started = time.perf_counter()
-        inline = self.reader.method == "direct" and self.reader.sqlite
-        if explain is False and len(customer_ids) <= INLINE_IDS and inline:
-            # A few ids from the local SQLite file take about a millisecond: handing them to a
-            # worker thread and back costs as much on a busy machine. A network store stays
-            # off the event loop, so that a hung server cannot stall the health checks.
-            try:
-                records = self._score_sync(models, customer_ids, False)
-            except OnlineStoreUnavailable as exc:
-                _metrics()["unavailable"].inc()
-                return _error(503, "online_store_unavailable", str(exc))
-            _metrics()["seconds"].observe(time.perf_counter() - started)
-            return ScoreResponse.model_validate(
-                {"scores": records, "model_versions": models.versions}
-            )
-        if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(self.config.threads)
+        small = explain is False and len(customer_ids) <= INLINE_IDS
+        reader = self.reader
         try:
-            with anyio.fail_after(self.config.timeout):
-                # A store that hangs leaves its thread behind but not the request: the
-                # client gets a 503 at the timeout, and the limiter bounds such threads.
-                records = await anyio.to_thread.run_sync(
-                    self._score_sync,
-                    models,
-                    customer_ids,
-                    explain,
-                    abandon_on_cancel=True,
-                    limiter=self._limiter,
-                )
+            if small and reader.method == "direct" and reader.sqlite:
+                # A few ids from the local SQLite file take well under a millisecond: handing
+                # them to a worker thread and back would cost as much.
+                records = self._score_sync(models, customer_ids, False)
+            elif small and reader.reads_async:
+                # Redis read on the event loop, without a thread hop; its socket timeouts and
+                # this deadline bound a server that stops answering.
+                with anyio.fail_after(self.config.timeout):
+                    batch = await reader.read_async(models.layout, customer_ids)
+                records = self._records(models, batch, False)
+            else:
+                if self._limiter is None:
+                    self._limiter = anyio.CapacityLimiter(self.config.threads)
+                with anyio.fail_after(self.config.timeout):
+                    # A store that hangs leaves its thread behind but not the request: the
+                    # client gets a 503 at the timeout, and the limiter bounds such threads.
+                    records = await anyio.to_thread.run_sync(
+                        self._score_sync,
+                        models,
+                        customer_ids,
+                        explain,
+                        abandon_on_cancel=True,
+                        limiter=self._limiter,
+                    )
         except TimeoutError:
             _metrics()["unavailable"].inc()
             return _error(
@@ -440,9 +440,12 @@ class OmniScore:
         return ScoreResponse.model_validate({"scores": records, "model_versions": models.versions})
 
     def _score_sync(self, models, customer_ids: list[str], explain: bool) -> list[dict]:
+        return self._records(models, self.reader.read(models.layout, customer_ids), explain)
+
+    def _records(self, models, batch, explain: bool) -> list[dict]:
+        """Score a batch, count its customers in the metrics, and return the JSON records."""
         from serving.scoring import score, to_records
 
-        batch = self.reader.read(models.layout, customer_ids)
         scores = score(models, batch, explain=explain)
         known = int(scores.known.sum())
         counter = _metrics()["customers"]

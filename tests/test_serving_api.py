@@ -7,6 +7,7 @@ a one-second registry poll. The store-failure test runs last because it breaks t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import socket
@@ -217,8 +218,11 @@ def test_redis_direct_reads_equal_feast_and_sqlite_reads(home, redis_home):
     store = feature_store(redis_home)
     direct = OnlineReader(store, "direct").read(layout, ids)
     feast = OnlineReader(store, "feast").read(layout, ids)
-    assert OnlineReader(store).method == "direct"
-    for other in (feast, sqlite):
+    # What the service reads for a few ids on its event loop.
+    on_loop = asyncio.run(OnlineReader(store, "direct").read_async(layout, ids))
+    assert OnlineReader(store).method == "direct" and OnlineReader(store).reads_async
+    assert not OnlineReader(feature_store(home)).reads_async
+    for other in (feast, sqlite, on_loop):
         assert np.array_equal(direct.numeric, other.numeric, equal_nan=True)
         assert np.array_equal(direct.timestamps, other.timestamps)
         assert direct.known.tolist() == other.known.tolist() == [True] * 20 + [False, True]
