@@ -240,7 +240,7 @@ def cluster_sqlite_tables(config: RepoConfig, views: Sequence[FeatureView]) -> l
 
     Columns, key and indexes stay Feast's own (its ``CREATE`` statement is reused with the
     clause appended), so Feast's writes and reads work unchanged. Only empty tables are
-    rebuilt, in one transaction; a table that holds rows keeps its layout, which every
+    rebuilt, each in one transaction; a table that holds rows keeps its layout, which every
     reader handles.
     """
     if not sqlite_supported(config):
@@ -249,34 +249,49 @@ def cluster_sqlite_tables(config: RepoConfig, views: Sequence[FeatureView]) -> l
     if not path.exists():
         return []
     rebuilt = []
-    conn = sqlite3.connect(path)
+    # Autocommit mode with an explicit BEGIN IMMEDIATE: the sqlite3 module would otherwise
+    # commit each DDL statement on its own, and a writer could add rows between the check
+    # that the table is empty and the DROP.
+    conn = sqlite3.connect(path, isolation_level=None)
     try:
         for view in views:
             table = sqlite_table_name(config, view)
-            found = conn.execute(
-                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
-            ).fetchone()
-            if found is None or "WITHOUT ROWID" in found[0].upper():
-                continue
-            if conn.execute(f"SELECT 1 FROM {_quote(table)} LIMIT 1").fetchone():
-                continue
-            indexes = [
-                row[0]
-                for row in conn.execute(
-                    "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
-                    "AND sql IS NOT NULL",
-                    (table,),
-                )
-            ]
-            with conn:
-                conn.execute(f"DROP TABLE {_quote(table)}")
-                conn.execute(f"{found[0]} WITHOUT ROWID")
-                for sql in indexes:
-                    conn.execute(sql)
-            rebuilt.append(table)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if _rebuild_without_rowid(conn, table):
+                    rebuilt.append(table)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
     finally:
         conn.close()
     return rebuilt
+
+
+def _rebuild_without_rowid(conn: sqlite3.Connection, table: str) -> bool:
+    """Inside the caller's transaction: recreate ``table`` ``WITHOUT ROWID`` if it is an
+    empty rowid table, with its own ``CREATE`` statement and indexes; whether it did."""
+    found = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+    ).fetchone()
+    if found is None or "WITHOUT ROWID" in found[0].upper():
+        return False
+    if conn.execute(f"SELECT 1 FROM {_quote(table)} LIMIT 1").fetchone():
+        return False
+    indexes = [
+        row[0]
+        for row in conn.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
+            "AND sql IS NOT NULL",
+            (table,),
+        )
+    ]
+    conn.execute(f"DROP TABLE {_quote(table)}")
+    conn.execute(f"{found[0]} WITHOUT ROWID")
+    for sql in indexes:
+        conn.execute(sql)
+    return True
 
 
 @dataclass

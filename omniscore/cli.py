@@ -278,8 +278,8 @@ ChurnLookbackOption = Annotated[
     int | None,
     typer.Option(
         min=1,
-        help="Churn only: days without activity before a cutoff that make a customer "
-        "inactive, so not labelled (default 90). Give workers the same value as train.",
+        help="Churn only: label the customers active in this many days before each "
+        "cutoff (default 90). Give workers the same value as train.",
     ),
 ]
 CutoffsOption = Annotated[
