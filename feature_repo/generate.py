@@ -1298,7 +1298,12 @@ def _events_table(
 
 
 def _days_after(start: pd.Timestamp, days: np.ndarray) -> pd.DatetimeIndex:
-    return start + pd.to_timedelta(days, unit="D")
+    """``start`` plus fractional ``days``; NaT where a day is NaN (no such event)."""
+    days = np.asarray(days, dtype=np.float64)
+    finite = np.isfinite(days)
+    # pandas multiplies NaN's integer cast by the unit before masking it, which overflows and
+    # warns: convert only real days.
+    return (start + pd.to_timedelta(np.where(finite, days, 0.0), unit="D")).where(finite)
 
 
 def _customers_frame(pop: _Population, ids: np.ndarray, start: pd.Timestamp) -> pd.DataFrame:
