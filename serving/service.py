@@ -243,7 +243,7 @@ def _freeze_heap() -> None:
     """Exempt every object alive now (libraries, registry clients, the models) from garbage
     collection passes; reference counting still frees them.
 
-    A 100-id request holds some 50,000 small objects at once (its rows), which pushes them
+    A 100-id request holds about 45,000 small objects at once (its 11,200 rows), which pushes them
     into the oldest generation and triggers full collections. Each full pass walked the
     ~400,000 objects the imports and models leave behind and stalled the process for about
     250 ms: 8 of 120 such requests in a row (measured in process). After a freeze, a pass
