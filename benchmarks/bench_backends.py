@@ -121,14 +121,24 @@ def study_summary(url: str) -> dict:
         starts = [t.datetime_start for t in finished if t.datetime_start]
         ends = [t.datetime_complete for t in finished if t.datetime_complete]
         params = [json.dumps(t.params, sort_keys=True) for t in finished]
+        # Boosting rounds each trial ran: a completed one stopped EARLY_STOPPING_ROUNDS after
+        # its best round, a pruned one at its last report. Sampled parameters differ between
+        # runs with different worker counts, so seconds per round tells contention apart from
+        # a different workload.
+        rounds = sum(
+            min(tune.MAX_ROUNDS, t.user_attrs["best_iteration"] + tune.EARLY_STOPPING_ROUNDS)
+            if "best_iteration" in t.user_attrs
+            else max(t.intermediate_values, default=0)
+            for t in finished
+        )
+        seconds = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in finished)
         return {
             "finished": len(finished),
             "pruned": sum(t.state.name == "PRUNED" for t in finished),
             "trial_span_s": round((max(ends) - min(starts)).total_seconds(), 1),
-            "trial_seconds_sum": round(
-                sum((t.datetime_complete - t.datetime_start).total_seconds() for t in finished),
-                1,
-            ),
+            "trial_seconds_sum": round(seconds, 1),
+            "boosting_rounds_sum": rounds,
+            "ms_per_boosting_round": round(1000 * seconds / rounds, 2) if rounds else None,
             "duplicate_param_sets": len(params) - len(set(params)),
         }
     finally:
