@@ -161,29 +161,22 @@ def time_trivial_endpoint(work: Path, requests: int) -> dict:
     import subprocess
     import sys
 
-    from serving.launcher import free_port
+    from serving.launcher import REPO_ROOT, ServerHandle, free_port
 
     port = free_port()
     env = {**os.environ, "BENTOML_HOME": str(work / "bentoml-trivial")}
     command = [sys.executable, "-m", "bentoml", "serve", "benchmarks.trivial_service:Trivial"]
     command += ["--host", "127.0.0.1", "--port", str(port)]
-    repo = Path(__file__).resolve().parents[1]
-    process = subprocess.Popen(
-        command, env=env, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
+    log_path = work / "trivial-service.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            command, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    server = ServerHandle(f"http://127.0.0.1:{port}", process, None, log_path)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the trivial BentoML service did not start")
-            time.sleep(0.2)
-        with httpx.Client(base_url=url, timeout=30) as client:
+        server.wait_ready(120)
+        with httpx.Client(base_url=server.url, timeout=30) as client:
             times, errors = [], 0
             for i in range(requests + 20):
                 began = time.perf_counter()
@@ -194,11 +187,7 @@ def time_trivial_endpoint(work: Path, requests: int) -> dict:
                     times.append(elapsed)
         return {**percentiles(times), "errors": errors}
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        server.stop()
 
 
 def sequential(client: httpx.Client, bodies, warmup: int = 20) -> tuple[list[float], int]:

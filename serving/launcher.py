@@ -129,7 +129,8 @@ class ServerHandle:
         return response.json()
 
     def wait_ready(self, timeout: float = 180.0) -> dict:
-        """Block until ``GET /readyz`` answers 200; returns its JSON. Raises on timeout or exit."""
+        """Block until ``GET /readyz`` answers 200; returns its JSON (empty for a plain-text
+        answer, as other BentoML services give). Raises on timeout or exit."""
         import httpx
 
         deadline = time.monotonic() + timeout
@@ -142,7 +143,8 @@ class ServerHandle:
             try:
                 response = httpx.get(f"{self.url}/readyz", timeout=5)
                 if response.status_code == 200:
-                    return response.json()
+                    json_body = "json" in response.headers.get("content-type", "")
+                    return response.json() if json_body else {}
                 last = response.text
             except httpx.HTTPError as exc:
                 last = f"{type(exc).__name__}"

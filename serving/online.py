@@ -365,7 +365,8 @@ class OnlineReader:
 
     def _redis_connection(self) -> tuple[str, int, dict] | None:
         """Host, port and client options of a standalone Redis (None for cluster or
-        sentinel): socket timeouts of the request budget and no retries (Feast sets none)."""
+        sentinel), with socket timeouts of the request budget (Feast sets none). Each client
+        adds a no-retry policy of its own kind (sync or asyncio)."""
         from feast.infra.online_stores.redis import RedisOnlineStore, RedisType
 
         online = self.store.config.online_store

@@ -243,10 +243,10 @@ def _freeze_heap() -> None:
     """Exempt every object alive now (libraries, registry clients, the models) from garbage
     collection passes; reference counting still frees them.
 
-    A 100-id request holds about 45,000 small objects at once (its 11,200 rows), which pushes them
-    into the oldest generation and triggers full collections. Each full pass walked the
-    ~400,000 objects the imports and models leave behind and stalled the process for about
-    250 ms: 8 of 120 such requests in a row (measured in process). After a freeze, a pass
+    A 100-id request holds about 45,000 small objects at once (its 11,200 rows), which
+    pushes them into the oldest generation and triggers full collections. Each full pass
+    walked the ~400,000 objects the imports and models leave behind and stalled the process
+    for about 250 ms: 8 of 120 such requests in a row (measured in process). After a freeze, a pass
     walks only what requests allocate. Called after each model swap, so the new set is
     exempt too. What a freeze keeps from collection is cyclic garbage made before it: about
     260 small registry-client objects per model load (measured), no model data.
