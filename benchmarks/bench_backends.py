@@ -36,8 +36,8 @@ from benchmarks.bench_materialize import (
     time_online_reads,
     write_synthetic,
 )
-from feature_repo import store as feast_store
-from feature_repo.config import Settings, redact
+from data_layer import feast_store
+from data_layer.settings import Settings, redact
 
 
 def bench_online_stores(
@@ -70,7 +70,7 @@ def bench_online_stores(
 
 def redis_bytes_per_key(settings: Settings, sample: int = 200) -> int:
     """Mean ``MEMORY USAGE`` of a sample of the project's keys (one key per customer)."""
-    from feature_repo.online_writer import redis_client
+    from data_layer.online_format import redis_client
 
     client = redis_client(feast_store.repo_config(settings))
     keys = []
@@ -159,8 +159,8 @@ def bench_tuning(
     Every process uses ``threads`` LightGBM threads, so the worker count is the only thing
     that changes between runs.
     """
-    from feature_repo.features import build_features, default_snapshot_range
-    from feature_repo.generate import generate, write_generated
+    from data_layer.feature_pipeline import build_features, default_snapshot_range
+    from data_layer.synthetic import generate, write_generated
     from training.distributed import run_workers
 
     settings = Settings.from_env(root / "tuning")

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from feature_repo.config import Settings
-from feature_repo.events import event_count
-from feature_repo.features import build_features
-from feature_repo.generate import generate, write_generated
+from data_layer.event_store import event_count
+from data_layer.feature_pipeline import build_features
+from data_layer.settings import Settings
+from data_layer.synthetic import generate, write_generated
 
 
 def run(customers: int, days: int, weeks: int, home: Path) -> dict:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
-from feature_repo.config import Settings
-from feature_repo.generate import generate, write_generated
+from data_layer.settings import Settings
+from data_layer.synthetic import generate, write_generated
 
 
 def run(customers: int, days: int, seed: int, home: Path) -> dict:

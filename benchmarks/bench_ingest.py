@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from feature_repo.config import Settings
-from feature_repo.ingest import IngestMapping, ingest_file, normalise, read_source
-from feature_repo.schema import to_canonical_table
+from data_layer.ingest import IngestMapping, ingest_file, normalise, read_source
+from data_layer.schema import to_canonical_table
+from data_layer.settings import Settings
 
 MAPPING = IngestMapping(
     columns={

@@ -31,9 +31,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from feature_repo import store as feast_store
+from data_layer import feast_store
+from data_layer.settings import Settings
 from feature_repo.catalog import VIEWS, features_of_view
-from feature_repo.config import Settings
 from feature_repo.data_sources import snapshot_path, snapshot_schema
 
 FIRST_SNAPSHOT = datetime(2026, 9, 7, tzinfo=UTC)
@@ -75,7 +75,7 @@ def write_synthetic(settings: Settings, customers: int, snapshots: int, seed: in
     settings.features_dir.mkdir(parents=True, exist_ok=True)
     for i, view in enumerate(VIEWS):
         table = synthetic_view(view, customers, snapshots, seed + i)
-        pq.write_table(table, snapshot_path(settings, view), compression="zstd")
+        pq.write_table(table, snapshot_path(settings.features_dir, view), compression="zstd")
 
 
 def time_online_reads(settings: Settings, customers: int, repeats: int) -> dict:
@@ -138,7 +138,7 @@ def bench_feast_paths(root: Path, sample: int, snapshots: int, end: datetime) ->
             f.name for f in view.features
         ]
         latest = feast_store.latest_snapshots(
-            snapshot_path(settings, view.name), columns, None, end
+            snapshot_path(settings.features_dir, view.name), columns, None, end
         )
         store.write_to_online_store(view.name, latest.to_pandas())
     seconds = time.perf_counter() - started
@@ -174,7 +174,9 @@ def bench_feast_paths(root: Path, sample: int, snapshots: int, end: datetime) ->
         columns = ["customer_id", "event_timestamp", "created_timestamp"] + [
             f.name for f in view.features
         ]
-        latest = feast_store.latest_snapshots(snapshot_path(settings, base), columns, None, end)
+        latest = feast_store.latest_snapshots(
+            snapshot_path(settings.features_dir, base), columns, None, end
+        )
         store.push(f"{base}_push", latest.to_pandas(), to=PushMode.ONLINE)
     seconds = time.perf_counter() - started
     out["sqlite_push"] = {

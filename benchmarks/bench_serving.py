@@ -35,8 +35,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from feature_repo.config import Settings
-from feature_repo.store import apply, feature_store, materialize
+from data_layer.feast_store import apply, feature_store, materialize
+from data_layer.settings import Settings
 
 TARGETS = {
     "single_p50_ms": 5.0,
@@ -60,8 +60,8 @@ def percentiles(seconds: list[float]) -> dict:
 
 def train_small_home(path: Path, customers: int, trials: int) -> Settings:
     """Generate, build features, apply, materialize, train and promote the three models."""
-    from feature_repo.features import build_features, default_snapshot_range
-    from feature_repo.generate import generate, write_generated
+    from data_layer.feature_pipeline import build_features, default_snapshot_range
+    from data_layer.synthetic import generate, write_generated
     from training.registry import promote
     from training.train import train_model
 

@@ -20,16 +20,16 @@ import os
 import time
 from pathlib import Path
 
-from feature_repo.config import Settings
+from data_layer.settings import Settings
 
 SNAPSHOT_WEEKS = 40
 
 
 def prepare(settings: Settings, customers: int, days: int, seed: int) -> dict[str, float]:
     """Generate, build features and apply Feast; returns seconds per step."""
-    from feature_repo.features import build_features, default_snapshot_range
-    from feature_repo.generate import generate, write_generated
-    from feature_repo.store import apply
+    from data_layer.feast_store import apply
+    from data_layer.feature_pipeline import build_features, default_snapshot_range
+    from data_layer.synthetic import generate, write_generated
 
     out = {}
     started = time.perf_counter()

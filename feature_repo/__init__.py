@@ -1,1 +1,1 @@
-"""feature_repo."""
+"""The Feast repository of OmniScore: the feature catalog and the Feast objects built from it."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from feature_repo.schema import CHANNELS, PURCHASE_CHANNELS
+from data_layer.schema import CHANNELS, PURCHASE_CHANNELS
 
 ACTIVITY_WINDOWS_DAYS: tuple[int, ...] = (7, 30, 90)
 LONG_WINDOW_DAYS = 90

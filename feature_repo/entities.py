@@ -25,6 +25,3 @@ def build_customer() -> Entity:
         owner=OWNER,
         tags={"domain": "customer", "pii": "pseudonymous-id"},
     )
-
-
-customer = build_customer()

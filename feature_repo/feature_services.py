@@ -9,13 +9,7 @@ from __future__ import annotations
 from feast import FeatureService, FeatureView
 
 from feature_repo.catalog import FEATURE_SERVICES, service_features
-
-try:  # imported as feature_repo.feature_services, as everywhere in OmniScore
-    from .entities import OWNER
-    from .feature_views import VIEWS_BY_NAME
-except ImportError:  # imported as a top-level module by `feast apply` run inside feature_repo/
-    from entities import OWNER
-    from feature_views import VIEWS_BY_NAME
+from feature_repo.entities import OWNER
 
 MODELS: dict[str, str] = {
     "propensity_v1": "omniscore-propensity",
@@ -47,10 +41,3 @@ def build_feature_service(name: str, views: dict[str, FeatureView]) -> FeatureSe
 def build_feature_services(views: dict[str, FeatureView]) -> dict[str, FeatureService]:
     """The three feature services of the catalog, keyed by name."""
     return {name: build_feature_service(name, views) for name in FEATURE_SERVICES}
-
-
-SERVICES = build_feature_services(VIEWS_BY_NAME)
-"""Services over the home named by ``$OMNISCORE_HOME`` (what ``feast apply`` registers)."""
-propensity_v1 = SERVICES["propensity_v1"]
-churn_v1 = SERVICES["churn_v1"]
-segments_v1 = SERVICES["segments_v1"]

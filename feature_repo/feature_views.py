@@ -12,13 +12,7 @@ from feast import Entity, FeatureView, Field, FileSource
 from feast.types import Float64, String
 
 from feature_repo.catalog import VIEWS, features_of_view
-
-try:  # imported as feature_repo.feature_views, as everywhere in OmniScore
-    from .data_sources import SOURCES
-    from .entities import OWNER, customer
-except ImportError:  # imported as a top-level module by `feast apply` run inside feature_repo/
-    from data_sources import SOURCES
-    from entities import OWNER, customer
+from feature_repo.entities import OWNER
 
 FAMILIES: dict[str, str] = {
     "channel_activity": "behavioral",
@@ -65,13 +59,3 @@ def build_feature_view(view: str, source: FileSource, entity: Entity) -> Feature
 def build_feature_views(sources: dict[str, FileSource], entity: Entity) -> dict[str, FeatureView]:
     """One feature view per catalog view, keyed by view name."""
     return {view: build_feature_view(view, sources[view], entity) for view in VIEWS}
-
-
-VIEWS_BY_NAME = build_feature_views(SOURCES, customer)
-"""Views over the home named by ``$OMNISCORE_HOME`` (what ``feast apply`` registers)."""
-channel_activity = VIEWS_BY_NAME["channel_activity"]
-transactions = VIEWS_BY_NAME["transactions"]
-engagement = VIEWS_BY_NAME["engagement"]
-attitudinal = VIEWS_BY_NAME["attitudinal"]
-cross_channel = VIEWS_BY_NAME["cross_channel"]
-profile = VIEWS_BY_NAME["profile"]

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from feature_repo.config import Settings
+from data_layer.settings import Settings
 
 app = typer.Typer(
     help="OmniScore: omnichannel propensity, churn and segments on Feast, MLflow and BentoML.",
@@ -73,8 +73,8 @@ def generate(
     home: HomeOption = None,
 ) -> None:
     """Generate synthetic omnichannel events with known ground truth (replaces the store)."""
-    from feature_repo.generate import generate as simulate
-    from feature_repo.generate import write_generated
+    from data_layer.synthetic import generate as simulate
+    from data_layer.synthetic import write_generated
 
     settings = _settings(home)
     settings.ensure_dirs()
@@ -115,7 +115,7 @@ def ingest(
     home: HomeOption = None,
 ) -> None:
     """Validate and add your own event log; rejected rows go to quarantine with a reason."""
-    from feature_repo.ingest import ingest_file, load_mapping
+    from data_layer.ingest import ingest_file, load_mapping
 
     settings = _settings(home)
     settings.ensure_dirs()
@@ -150,7 +150,7 @@ def features_build(
     home: HomeOption = None,
 ) -> None:
     """Compute point-in-time snapshots: at each T, only events strictly before T."""
-    from feature_repo.features import build_features
+    from data_layer.feature_pipeline import build_features
 
     settings = _settings(home)
     try:
@@ -178,7 +178,7 @@ def features_build(
 @features_app.command("apply")
 def features_apply(home: HomeOption = None) -> None:
     """Register the entity, sources, feature views and services in the Feast registry."""
-    from feature_repo.store import apply
+    from data_layer.feast_store import apply
 
     settings = _settings(home)
     settings.ensure_dirs()
@@ -194,7 +194,7 @@ def features_materialize(
     home: HomeOption = None,
 ) -> None:
     """Load the newest snapshot of each customer into the online store (incremental)."""
-    from feature_repo.store import materialize
+    from data_layer.feast_store import materialize
 
     settings = _settings(home)
     report = materialize(settings, end)
@@ -371,7 +371,7 @@ def tune_worker(
     home: HomeOption = None,
 ) -> None:
     """Tuning processes on this machine for the study of a `train --workers` job elsewhere."""
-    from feature_repo.config import redact
+    from data_layer.settings import redact
     from training.distributed import run_workers, shared_storage
 
     if model not in MODELS:
@@ -531,10 +531,10 @@ def demo(
     home: HomeOption = None,
 ) -> None:
     """Run the main job on the embedded stores: generate, features, train, promote, score."""
-    from feature_repo.features import build_features
-    from feature_repo.generate import generate as simulate
-    from feature_repo.generate import write_generated
-    from feature_repo.store import apply, materialize
+    from data_layer.feast_store import apply, materialize
+    from data_layer.feature_pipeline import build_features
+    from data_layer.synthetic import generate as simulate
+    from data_layer.synthetic import write_generated
     from training.registry import promote as promote_model
 
     settings = _settings(home)

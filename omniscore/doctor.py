@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import unquote, urlparse
 
+from data_layer.settings import ENV_VARS, Settings, redact
 from feature_repo.catalog import VIEWS
-from feature_repo.config import ENV_VARS, Settings, redact
 
 TIMEOUT_SECONDS = 3.0
 _SQL_SCHEMES = ("postgresql", "postgres", "mysql", "mssql", "oracle")
@@ -44,7 +44,7 @@ def scrub(text: str, secrets: Iterable[str] = ()) -> str:
 
 def backends(settings: Settings) -> dict[str, str]:
     """The backend each component uses, described without credentials and without I/O."""
-    from feature_repo.store import online_store_config, registry_config
+    from data_layer.feast_store import online_store_config, registry_config
 
     registry = registry_config(settings)
     online = online_store_config(settings)
@@ -116,7 +116,7 @@ def check_configuration(settings: Settings, timeout: float) -> Result:
 
 def check_feast_registry(settings: Settings, timeout: float) -> Result:
     """The Feast registry (file or SQL) answers; how much is registered in the project."""
-    from feature_repo.store import feature_store, registry_config
+    from data_layer.feast_store import feature_store, registry_config
 
     config = registry_config(settings)
     path, project = config["path"], settings.feast_project
@@ -143,7 +143,7 @@ def check_feast_registry(settings: Settings, timeout: float) -> Result:
 
 def check_online_store(settings: Settings, timeout: float) -> Result:
     """The online store (SQLite file or Redis) answers."""
-    from feature_repo.store import online_store_config
+    from data_layer.feast_store import online_store_config
 
     config = online_store_config(settings)
     if config["type"] == "sqlite":
@@ -177,7 +177,7 @@ def check_offline_store(settings: Settings, timeout: float) -> Result:
         return True, "no snapshots yet (run `omniscore features build`)"
     if not os.access(folder, os.R_OK | os.X_OK):
         return False, "folder is not readable"
-    present = [v for v in VIEWS if snapshot_path(settings, v).exists()]
+    present = [v for v in VIEWS if snapshot_path(settings.features_dir, v).exists()]
     return True, f"{len(present)} of {len(VIEWS)} view snapshot files"
 
 

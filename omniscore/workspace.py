@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from data_layer.settings import DEFAULT_HOME, Settings
 from feature_repo.catalog import VIEWS
-from feature_repo.config import DEFAULT_HOME, Settings
 
 MODELS: tuple[str, ...] = ("propensity", "churn", "segments")
 ENV_PREFIX = "OMNISCORE_NB_"
@@ -100,7 +100,7 @@ class HomeReport:
 def _snapshots_exist(settings: Settings) -> bool:
     from feature_repo.data_sources import snapshot_path
 
-    return all(snapshot_path(settings, view).exists() for view in VIEWS)
+    return all(snapshot_path(settings.features_dir, view).exists() for view in VIEWS)
 
 
 def _registry_exists(settings: Settings) -> bool:
@@ -128,10 +128,10 @@ def ensure_home(
     without a champion, ``promote`` through the normal gate. ``size`` defaults to
     :meth:`WorkspaceSize.from_env`. Returns a :class:`HomeReport`.
     """
-    from feature_repo.events import event_files
-    from feature_repo.features import build_features
-    from feature_repo.generate import generate, write_generated
-    from feature_repo.store import apply, materialize
+    from data_layer.event_store import event_files
+    from data_layer.feast_store import apply, materialize
+    from data_layer.feature_pipeline import build_features
+    from data_layer.synthetic import generate, write_generated
     from training.registry import describe, promote
     from training.train import train_model
 

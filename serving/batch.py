@@ -19,9 +19,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from feature_repo.config import Settings
+from data_layer.feast_store import CREATED, JOIN_KEY, TIMESTAMP, feature_store, latest_snapshots
+from data_layer.settings import Settings
 from feature_repo.data_sources import snapshot_path
-from feature_repo.store import CREATED, JOIN_KEY, TIMESTAMP, feature_store, latest_snapshots
 from serving.online import MISSING_TIMESTAMP, FeatureBatch, FeatureLayout, empty_batch
 from serving.scoring import ModelSet, load_model_set, score, to_table
 
@@ -74,7 +74,9 @@ def offline_batch(
     tables = {}
     for view, names in layout.views.items():
         columns = [JOIN_KEY, TIMESTAMP, CREATED, *names]
-        tables[view] = latest_snapshots(snapshot_path(settings, view), columns, None, end)
+        tables[view] = latest_snapshots(
+            snapshot_path(settings.features_dir, view), columns, None, end
+        )
     ids = pa.chunked_array(
         [t.column(JOIN_KEY).combine_chunks() for t in tables.values()], type=pa.string()
     )

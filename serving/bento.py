@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from feature_repo.config import Settings
+from data_layer.settings import Settings
 from serving.config import PINNED_MODELS_FILE
 from serving.launcher import REPO_ROOT
 from serving.scoring import champion_versions

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from feature_repo.config import Settings
+from data_layer.settings import Settings
 from serving.config import DEFAULT_HOST, DEFAULT_PORT, ENV
 
 SERVICE = "serving.service:OmniScore"

@@ -12,7 +12,7 @@ Two read paths give the same values (a test checks them against each other):
 - ``direct`` (default for SQLite and Redis): one read of the rows Feast keeps for the views,
   with the stored ``ValueProto`` bytes decoded by numpy. On SQLite that is one SQL statement
   over the views' tables; on Redis one pipeline of ``HGETALL`` on the hashes Feast writes (its
-  key and field layout, see :mod:`feature_repo.online_writer`). Feast's own readers convert
+  key and field layout, see :mod:`data_layer.online_format`). Feast's own readers convert
   every value into Python objects, which costs about 0.5-2 ms per customer at 112 features;
   this path reads the same bytes at a small fraction of that.
 
@@ -38,9 +38,9 @@ from feast import FeatureStore
 from feast.infra.online_stores.helpers import _mmh3
 from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 
-from feature_repo import online_writer
+from data_layer import online_format
+from data_layer.feast_store import JOIN_KEY
 from feature_repo.catalog import FEATURES_BY_NAME
-from feature_repo.store import JOIN_KEY
 
 READ_METHODS = ("auto", "direct", "feast")
 _DOUBLE_TAG = 0x29  # ValueProto double_val: field 5, 64-bit
@@ -239,9 +239,9 @@ class OnlineReader:
             raise ValueError(f"unknown online read method {method!r}; choose one of {READ_METHODS}")
         self.store = store
         config = store.config
-        self.sqlite = online_writer.sqlite_supported(config)
+        self.sqlite = online_format.sqlite_supported(config)
         self.redis = config.online_store.type == "redis"
-        self.path: Path | None = online_writer.sqlite_path(config) if self.sqlite else None
+        self.path: Path | None = online_format.sqlite_path(config) if self.sqlite else None
         if method == "direct" and not (self.sqlite or self.redis):
             raise ValueError("the direct read path supports the SQLite and Redis online stores")
         if method == "auto":
@@ -323,7 +323,7 @@ class OnlineReader:
             numbered = ",".join(f"({i},?)" for i in range(n))
             parts = []
             for v, view in enumerate(layout.view_names):
-                table = online_writer.sqlite_table_name(self.store.config, self._tables[view])
+                table = online_format.sqlite_table_name(self.store.config, self._tables[view])
                 parts.append(
                     f"SELECT {v}, r.pos, t.feature_name, t.value, t.event_ts "
                     f"FROM r JOIN {_identifier(table)} t ON t.entity_key = r.k"
@@ -337,7 +337,7 @@ class OnlineReader:
     def _read_sqlite(self, layout: FeatureLayout, ids: list[str]) -> FeatureBatch:
         unique_ids = list(dict.fromkeys(ids))
         version = self.store.config.entity_key_serialization_version
-        keys = online_writer.entity_keys(unique_ids, version)
+        keys = online_format.entity_keys(unique_ids, version)
         sql = self._statement(layout, len(keys))
         with self._lock:
             conn = self._connection()
@@ -404,7 +404,7 @@ class OnlineReader:
         project = config.project.encode("utf-8")
         keys = [
             k + project
-            for k in online_writer.entity_keys(unique_ids, config.entity_key_serialization_version)
+            for k in online_format.entity_keys(unique_ids, config.entity_key_serialization_version)
         ]
         fields = self._redis_fields.get(layout.names)
         if fields is None:

@@ -280,8 +280,8 @@ class OmniScore:
     """Real-time customer scores: propensity, churn risk and segment from Feast features."""
 
     def __init__(self) -> None:
-        from feature_repo.config import Settings
-        from feature_repo.store import feature_store
+        from data_layer.feast_store import feature_store
+        from data_layer.settings import Settings
         from serving.online import OnlineReader
 
         self.config = CONFIG

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from data_layer.settings import Settings
 from feature_repo.catalog import VIEWS, features_of_view
-from feature_repo.config import Settings
 from feature_repo.data_sources import snapshot_path, snapshot_schema
 
 # --- hand-made feature snapshots (tests/test_feast_store.py) ----------------------------------
@@ -83,7 +83,7 @@ def write_hand_made_snapshots(home: Path, shift: float = 0.0) -> SnapshotHome:
         table = pa.Table.from_pandas(
             pd.DataFrame(rows), schema=snapshot_schema(view), preserve_index=False
         )
-        pq.write_table(table, snapshot_path(settings, view))
+        pq.write_table(table, snapshot_path(settings.features_dir, view))
         frames[view] = table.to_pandas()
     return SnapshotHome(settings=settings, frames=frames)
 
@@ -121,7 +121,7 @@ def services_unavailable() -> str | None:
     import psycopg2
     import redis
 
-    from feature_repo.config import redact
+    from data_layer.settings import redact
 
     postgres, redis_url = _service_urls()
     try:

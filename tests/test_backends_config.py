@@ -10,8 +10,8 @@ from dataclasses import replace
 import pytest
 from mlflow import MlflowClient
 
-from feature_repo import store as feast_store
-from feature_repo.config import ENV_VARS, PROFILE_NAME, Settings, redact
+from data_layer import feast_store
+from data_layer.settings import ENV_VARS, PROFILE_NAME, Settings, redact
 from feature_repo.feature_views import TTLS
 from omniscore.doctor import backends, doctor, format_checks, scrub
 from training import tune

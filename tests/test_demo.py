@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from feature_repo.config import Settings
-from feature_repo.events import event_count
-from feature_repo.store import feature_store, online_features
+from data_layer.event_store import event_count
+from data_layer.feast_store import feature_store, online_features
+from data_layer.settings import Settings
 
 pytestmark = pytest.mark.slow
 OMNISCORE = Path(sys.executable).with_name("omniscore")

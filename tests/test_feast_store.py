@@ -26,17 +26,23 @@ from feast.repo_config import load_repo_config
 from feast.utils import _convert_arrow_to_proto
 from feast.value_type import ValueType
 
-from feature_repo import online_writer
-from feature_repo import store as feast_store
+from data_layer import feast_store, online_format
+from data_layer.settings import FEATURE_REPO_DIR, Settings
 from feature_repo.catalog import FEATURE_NAMES, VIEWS, features_of_view, service_features
-from feature_repo.config import FEATURE_REPO_DIR, Settings
-from feature_repo.definitions import build_definitions
 from feature_repo.feature_views import TTLS
+from feature_repo.repository import build_definitions
 
 T1, T2, T3 = SNAPSHOT_TIMES
 DAY = pd.Timedelta(days=1)
 CUSTOMERS = ["c1", "c2", "c3", "c4"]
-DEFINITION_MODULES = ("data_sources", "entities", "feature_services", "feature_views")
+DEFINITION_MODULES = (
+    "catalog",
+    "data_sources",
+    "entities",
+    "feature_services",
+    "feature_views",
+    "repository",
+)
 
 
 def _same(actual, expected) -> bool:
@@ -117,36 +123,43 @@ def test_settings_select_redis_and_a_sql_registry(tmp_path):
         feast_store.online_store_config(replace(base, online_store="dynamodb"))
 
 
-def test_feast_apply_parses_each_definition_once(tmp_path, monkeypatch):
-    """`cd feature_repo && feast apply` imports the modules top-level; no object may double."""
-    from feast.repo_operations import get_repo_files, parse_repo
+def test_feature_repo_holds_only_definitions_and_builds_nothing_on_import(monkeypatch):
+    """Importing the Feast repository reads no environment and builds no Feast object."""
+    import importlib
 
-    assert {p.stem for p in get_repo_files(FEATURE_REPO_DIR)} == set(DEFINITION_MODULES), (
-        "feature_repo/.feastignore must list every module that is not a Feast definition"
-    )
-    monkeypatch.setenv("OMNISCORE_HOME", str(tmp_path))
-    monkeypatch.chdir(FEATURE_REPO_DIR)  # as `feast apply` does before parse_repo
-    monkeypatch.syspath_prepend(str(FEATURE_REPO_DIR))
-    try:
-        repo = parse_repo(FEATURE_REPO_DIR)
-    finally:
-        for name in DEFINITION_MODULES:
-            sys.modules.pop(name, None)
+    from feast import Entity, FeatureService, FeatureView, FileSource
 
-    assert sorted(e.name for e in repo.entities) == ["__dummy", "customer"]
-    assert sorted(s.name for s in repo.data_sources) == sorted(f"{v}_snapshots" for v in VIEWS)
-    assert all(s.path.startswith(str(tmp_path)) for s in repo.data_sources)
-    assert sorted(v.name for v in repo.feature_views) == sorted(VIEWS)
-    assert sorted(s.name for s in repo.feature_services) == [
-        "churn_v1",
-        "propensity_v1",
-        "segments_v1",
-    ]
+    modules = {p.stem for p in FEATURE_REPO_DIR.glob("*.py")} - {"__init__"}
+    assert modules == set(DEFINITION_MODULES)
+    read: list[str] = []
+
+    class RecordingEnviron(dict):
+        def __getitem__(self, key):
+            read.append(key)
+            return super().__getitem__(key)
+
+        def get(self, key, default=None):
+            read.append(key)
+            return super().get(key, default)
+
+    monkeypatch.setattr(os, "environ", RecordingEnviron(os.environ))
+    monkeypatch.setattr(os, "getenv", lambda key, default=None: os.environ.get(key, default))
+    for name in DEFINITION_MODULES:
+        sys.modules.pop(f"feature_repo.{name}", None)
+        module = importlib.import_module(f"feature_repo.{name}")
+        built = [
+            attr
+            for attr, value in vars(module).items()
+            if isinstance(value, Entity | FileSource | FeatureView | FeatureService)
+        ]
+        assert built == [], f"feature_repo.{name} builds {built} at import"
+    assert [k for k in read if k.startswith("OMNISCORE")] == [], "environment read at import"
 
 
 def test_definitions_follow_the_catalog(tmp_path):
     objects = {
-        type(o).__name__ + ":" + o.name: o for o in build_definitions(Settings.from_env(tmp_path))
+        type(o).__name__ + ":" + o.name: o
+        for o in build_definitions(Settings.from_env(tmp_path).features_dir)
     }
     for view in VIEWS:
         fv = objects[f"FeatureView:{view}"]
@@ -390,15 +403,15 @@ def test_value_encoding_matches_feast_conversion():
     feast_x = [values["x"] for _, values, _, _ in reference]
     feast_s = [values["s"] for _, values, _, _ in reference]
 
-    blobs, texts = online_writer.encode_doubles(np.array(floats))
+    blobs, texts = online_format.encode_doubles(np.array(floats))
     assert blobs.tolist() == [v.SerializeToString() for v in feast_x]
     assert texts.tolist() == [extract_text_and_num(v, False)[0] for v in feast_x]
-    blobs, texts = online_writer.encode_column(table.column("s"), String)
+    blobs, texts = online_format.encode_column(table.column("s"), String)
     assert blobs.tolist() == [v.SerializeToString() for v in feast_s]
     assert texts.tolist() == [extract_text_and_num(v, False)[0] for v in feast_s]
 
-    packed = online_writer.pack_doubles(np.array([floats]))
-    slots = packed.reshape(len(floats), online_writer.SLOT)
+    packed = online_format.pack_doubles(np.array([floats]))
+    slots = packed.reshape(len(floats), online_format.SLOT)
     for slot, value in zip(slots, feast_x, strict=True):
         blob = value.SerializeToString()
         text = extract_text_and_num(value, False)[0]
@@ -406,7 +419,7 @@ def test_value_encoding_matches_feast_conversion():
         assert bytes(slot[9:]).rstrip(b" ").decode() == (text or "")
 
     ids = ["c1", "", "é北京", "x" * 300]
-    keys = online_writer.entity_keys(ids)
+    keys = online_format.entity_keys(ids)
     for cid, key in zip(ids, keys, strict=True):
         proto = EntityKeyProto(
             join_keys=["customer_id"], entity_values=[ValueProto(string_val=cid)]

@@ -15,11 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from data_layer.event_store import write_customers, write_events
+from data_layer.feature_pipeline import build_features, compute_snapshots, snapshot_times
+from data_layer.schema import CHANNELS, EVENT_TYPES, to_canonical_table
+from data_layer.settings import Settings
 from feature_repo.catalog import FEATURE_NAMES, VIEWS, features_of_view
-from feature_repo.config import Settings
-from feature_repo.events import write_customers, write_events
-from feature_repo.features import build_features, compute_snapshots, snapshot_times
-from feature_repo.schema import CHANNELS, EVENT_TYPES, to_canonical_table
 
 T = pd.Timestamp("2024-06-01", tz="UTC")
 T2 = pd.Timestamp("2024-06-15", tz="UTC")

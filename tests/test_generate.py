@@ -14,22 +14,22 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from feature_repo.config import Settings
-from feature_repo.events import read_customers, read_events
-from feature_repo.generate import (
+from data_layer.event_store import read_customers, read_events
+from data_layer.schema import (
+    CHANNELS,
+    CUSTOMER_SCHEMA,
+    EVENT_SCHEMA,
+    EVENT_TYPES,
+    compute_event_ids,
+)
+from data_layer.settings import Settings
+from data_layer.synthetic import (
     ARCHETYPE_NAMES,
     DEFAULT_END,
     GeneratedData,
     generate,
     load_truth,
     write_generated,
-)
-from feature_repo.schema import (
-    CHANNELS,
-    CUSTOMER_SCHEMA,
-    EVENT_SCHEMA,
-    EVENT_TYPES,
-    compute_event_ids,
 )
 
 N, DAYS = 300, 120

@@ -16,9 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from feature_repo.config import Settings
-from feature_repo.events import event_count, read_events
-from feature_repo.ingest import (
+from data_layer.event_store import event_count, read_events
+from data_layer.ingest import (
     REASON_ORDER,
     IngestMapping,
     detect_format,
@@ -26,7 +25,8 @@ from feature_repo.ingest import (
     load_mapping,
     normalise,
 )
-from feature_repo.schema import CHANNELS, EVENT_SCHEMA, EVENT_TYPES, to_canonical_table
+from data_layer.schema import CHANNELS, EVENT_SCHEMA, EVENT_TYPES, to_canonical_table
+from data_layer.settings import Settings
 
 HEADER = "customer_id,event_timestamp,channel,event_type,amount,currency,rating"
 

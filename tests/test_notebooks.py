@@ -17,9 +17,9 @@ import pytest
 from mlflow import MlflowClient
 from nbclient import NotebookClient
 
-from feature_repo.config import Settings
-from feature_repo.generate import ARCHETYPE_NAMES
-from feature_repo.schema import CHANNELS
+from data_layer.schema import CHANNELS
+from data_layer.settings import Settings
+from data_layer.synthetic import ARCHETYPE_NAMES
 from omniscore.workspace import WorkspaceSize, ensure_home, workspace_settings
 from training.experiments import latest_per
 from training.model_io import load_champion

@@ -34,9 +34,9 @@ from optuna.trial import TrialState
 from training_home import build_home
 from typer.testing import CliRunner
 
-from feature_repo import store as feast_store
+from data_layer import feast_store
+from data_layer.settings import ENV_VARS, Settings
 from feature_repo.catalog import VIEWS
-from feature_repo.config import ENV_VARS, Settings
 from feature_repo.feature_views import TTLS
 from omniscore.cli import app
 from omniscore.doctor import doctor, format_checks
@@ -152,8 +152,8 @@ def test_redis_serves_every_value_sqlite_serves(home, services, redis_project, t
 _SECOND_PROCESS = """
 import json, sys
 from datetime import datetime
-from feature_repo import store
-from feature_repo.config import Settings
+from data_layer import feast_store as store
+from data_layer.settings import Settings
 
 settings = Settings.from_env()
 fs = store.feature_store(settings)

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 from training_home import build_home
 
-from feature_repo.store import apply, feature_store, materialize, online_features
+from data_layer.feast_store import apply, feature_store, materialize, online_features
 from serving.batch import score_batch
 from serving.config import PINNED_MODELS_FILE
 from serving.launcher import start_server

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from feature_repo.online_writer import encode_doubles, encode_strings
+from data_layer.online_format import encode_doubles, encode_strings
 from serving.config import ServeConfig
 from serving.guard import authorized, summarise_validation
 from serving.online import MISSING_TIMESTAMP, FeatureBatch, FeatureLayout, decode_value, fill_batch

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from training_home import build_home, rebuild_features
 
+from data_layer.event_store import write_events
+from data_layer.schema import to_canonical_table
 from feature_repo.catalog import FEATURE_NAMES
-from feature_repo.events import write_events
-from feature_repo.schema import to_canonical_table
 from training.datasets import IneligibleError, build_training_set, fetch_features
 from training.labels import LabelSpec, label_frame
 

@@ -14,7 +14,7 @@ import pytest
 from mlflow import MlflowClient
 from training_home import build_home
 
-from feature_repo.config import Settings
+from data_layer.settings import Settings
 from training.datasets import build_training_set, segment_frame
 from training.model_io import IntegrityError, load_champion, load_version
 from training.train import MEMORY_STORAGE, train_model

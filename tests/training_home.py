@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from feature_repo.config import Settings
-from feature_repo.features import build_features, default_snapshot_range
-from feature_repo.generate import generate, write_generated
-from feature_repo.store import apply
+from data_layer.feast_store import apply
+from data_layer.feature_pipeline import build_features, default_snapshot_range
+from data_layer.settings import Settings
+from data_layer.synthetic import generate, write_generated
 
 SMALL_CUSTOMERS = 500
 SMALL_DAYS = 300

@@ -2,7 +2,7 @@
 
 A training row is a (customer_id, cutoff T). Its label comes from the event store after T
 (:mod:`training.labels`); its features come only from Feast ``get_historical_features`` on
-the model's feature service (``feature_repo.store.historical_features``), which returns
+the model's feature service (``data_layer.feast_store.historical_features``), which returns
 exactly one row per entity row even where Feast's file offline store would drop one.
 
 Splits are by time only (:func:`plan_cutoffs`): the test cutoff is the latest snapshot whose
@@ -21,9 +21,9 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from data_layer.schema import CHANNELS
+from data_layer.settings import Settings
 from feature_repo.catalog import CATEGORICAL_FEATURES, FEATURES_BY_NAME, service_features
-from feature_repo.config import Settings
-from feature_repo.schema import CHANNELS
 from training.labels import LabelSpec, label_frame, observed_range, population_frame
 
 DEFAULT_CUTOFFS = 6
@@ -178,7 +178,7 @@ def fetch_features(settings: Settings, service: str, entity_df: pd.DataFrame) ->
 
     Exactly one output row per entity row, in entity order, other columns (labels) kept.
     """
-    from feature_repo.store import feature_store, historical_features
+    from data_layer.feast_store import feature_store, historical_features
 
     store = feature_store(settings)
     try:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from multiprocessing.sharedctypes import Synchronized
 
-from feature_repo.config import Settings, redact
+from data_layer.settings import Settings, redact
 from training import tune
 from training.train import (
     DATA_OPTIONS,

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from feature_repo.config import Settings
+from data_layer.settings import Settings
 
 RUN_PARAMS: tuple[str, ...] = ("horizon_days", "active_lookback_days", "trials", "seed")
 RUN_METRICS: tuple[str, ...] = (

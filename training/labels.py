@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import duckdb
 import pandas as pd
 
-from feature_repo.config import Settings
-from feature_repo.events import events_relation_sql
-from feature_repo.schema import CUSTOMER_INITIATED_FAMILIES
+from data_layer.event_store import events_relation_sql
+from data_layer.schema import CUSTOMER_INITIATED_FAMILIES
+from data_layer.settings import Settings
 
 LABEL_MODELS: tuple[str, ...] = ("propensity", "churn")
 

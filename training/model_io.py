@@ -31,7 +31,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from feature_repo.config import Settings
+from data_layer.settings import Settings
 from training.segments import SegmentModel
 from training.tune import num_threads
 

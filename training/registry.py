@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from feature_repo.config import Settings
+from data_layer.settings import Settings
 from training.model_io import (
     KIND_TAG,
     MODEL_NAMES,

@@ -23,7 +23,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 from sklearn.mixture import GaussianMixture
 
-from feature_repo.schema import CHANNELS
+from data_layer.schema import CHANNELS
 
 METHODS: tuple[str, ...] = ("kmeans", "gmm")
 STABILITY_WEIGHT = 0.5

@@ -27,9 +27,9 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
+from data_layer.event_store import event_data_hash
+from data_layer.settings import Settings, redact
 from feature_repo.catalog import RFM_FEATURES, service_features
-from feature_repo.config import Settings, redact
-from feature_repo.events import event_data_hash
 from training import evaluate as ev
 from training.datasets import (
     DEFAULT_CUTOFFS,

@@ -26,15 +26,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from feature_repo.config import Settings
-from feature_repo.events import WriteResult, write_events
-from feature_repo.schema import (
+from data_layer.event_store import WriteResult, write_events
+from data_layer.schema import (
     CHANNELS,
     EVENT_TYPES,
     OPTIONAL_COLUMNS,
     REQUIRED_COLUMNS,
     to_canonical_table,
 )
+from data_layer.settings import Settings
 
 # --- reasons, in the order they are checked (a row gets the first that applies) ---------------
 MISSING_CUSTOMER_ID = "missing customer_id"
@@ -436,7 +436,7 @@ def normalise(
     """Split a source frame into (canonical events, quarantined rows with reasons).
 
     Pure and vectorised. The canonical frame has the columns of
-    :data:`feature_repo.schema.REQUIRED_COLUMNS` and ``OPTIONAL_COLUMNS`` (ready for
+    :data:`data_layer.schema.REQUIRED_COLUMNS` and ``OPTIONAL_COLUMNS`` (ready for
     ``schema.to_canonical_table``); its ``attrs["notes"]`` counts the value normalisations
     that were applied (unknown event types stored as ``other``, return signs). The quarantine
     frame has ``source_file``, ``source_row`` (1-based position in the file), ``reason`` and

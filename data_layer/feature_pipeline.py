@@ -24,6 +24,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from data_layer.event_store import events_relation_sql, read_customers
+from data_layer.schema import (
+    CHANNELS,
+    CUSTOMER_INITIATED_FAMILIES,
+    EVENT_TYPES,
+    ONLINE_CHANNELS,
+    PURCHASE_CHANNELS,
+)
+from data_layer.settings import Settings
 from feature_repo.catalog import (
     ACTIVITY_WINDOWS_DAYS,
     CART_RECOVERY_HOURS,
@@ -32,15 +41,6 @@ from feature_repo.catalog import (
     TOUCH_WINDOW_HOURS,
     VIEWS,
     features_of_view,
-)
-from feature_repo.config import Settings
-from feature_repo.events import events_relation_sql, read_customers
-from feature_repo.schema import (
-    CHANNELS,
-    CUSTOMER_INITIATED_FAMILIES,
-    EVENT_TYPES,
-    ONLINE_CHANNELS,
-    PURCHASE_CHANNELS,
 )
 
 SESSION_CHANNELS = ("web", "app")

@@ -24,7 +24,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 DEFAULT_HOME = "data"
-FEATURE_REPO_DIR = Path(__file__).resolve().parent
+FEATURE_REPO_DIR = Path(__file__).resolve().parents[1] / "feature_repo"
 PROFILE_NAME = "omniscore.toml"
 """The profile file read from the home (``$OMNISCORE_PROFILE`` names another file)."""
 ENV_VARS: dict[str, str] = {

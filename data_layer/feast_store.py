@@ -1,6 +1,6 @@
 """Drive Feast for one OmniScore home: configure, apply, materialize, read online and offline.
 
-The configuration is built from :class:`~feature_repo.config.Settings` (the same values as
+The configuration is built from :class:`~data_layer.settings.Settings` (the same values as
 ``feature_store.yaml`` for the defaults, which a test checks), so every command works on an
 explicit home and the embedded SQLite store or Redis / PostgreSQL are a matter of settings.
 """
@@ -22,11 +22,11 @@ from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 from feast.types import Float64
 from feast.utils import _convert_arrow_to_proto
 
-from feature_repo import online_writer
-from feature_repo.config import FEATURE_REPO_DIR, Settings, redact
+from data_layer import online_format
+from data_layer.settings import FEATURE_REPO_DIR, Settings, redact
 from feature_repo.data_sources import snapshot_path
-from feature_repo.definitions import build_definitions
 from feature_repo.feature_views import TTLS
+from feature_repo.repository import build_definitions
 
 JOIN_KEY = "customer_id"
 TIMESTAMP = "event_timestamp"
@@ -167,7 +167,7 @@ def apply(settings: Settings) -> ApplySummary:
     """
     settings.feast_dir.mkdir(parents=True, exist_ok=True)
     store = feature_store(settings)
-    objects = build_definitions(settings)
+    objects = build_definitions(settings.features_dir)
     wanted = {(type(o).__name__, o.name) for o in objects}
     stale = [
         o
@@ -180,7 +180,7 @@ def apply(settings: Settings) -> ApplySummary:
         if (type(o).__name__, o.name) not in wanted
     ]
     store.apply(objects, objects_to_delete=stale, partial=False)
-    online_writer.cluster_sqlite_tables(
+    online_format.cluster_sqlite_tables(
         store.config, [o for o in objects if isinstance(o, FeatureView)]
     )
     kinds: dict[str, list[str]] = {}
@@ -295,7 +295,7 @@ def materialize(
         previous = _as_utc(view.most_recent_end_time) if view.most_recent_end_time else None
         if previous is not None and previous >= end:
             continue
-        path = snapshot_path(settings, view.name)
+        path = snapshot_path(settings.features_dir, view.name)
         if not path.exists():
             raise FileNotFoundError(
                 f"no snapshots for view {view.name!r} at {path}: build the features first"
@@ -305,13 +305,15 @@ def materialize(
 
     def load(view: FeatureView) -> pa.Table:
         columns = [JOIN_KEY, TIMESTAMP, CREATED] + [f.name for f in view.features]
-        return latest_snapshots(snapshot_path(settings, view.name), columns, after[view.name], end)
+        return latest_snapshots(
+            snapshot_path(settings.features_dir, view.name), columns, after[view.name], end
+        )
 
-    if method == "bulk" and online_writer.sqlite_supported(config):
-        written = online_writer.write_sqlite_views(config, views, load)
+    if method == "bulk" and online_format.sqlite_supported(config):
+        written = online_format.write_sqlite_views(config, views, load)
     elif method == "bulk" and config.online_store.type == "redis":
         items = [(view, load(view)) for view in views]
-        online_writer.write_redis(config, items)
+        online_format.write_redis(config, items)
         written = iter(items)
     else:
         written = (

@@ -34,15 +34,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from scipy.signal import lfilter
 
-from feature_repo.config import Settings
-from feature_repo.events import write_customers, write_events
-from feature_repo.schema import (
+from data_layer.event_store import write_customers, write_events
+from data_layer.schema import (
     CHANNELS,
     EVENT_SCHEMA,
     EVENT_TYPES,
     event_id_array,
     event_id_hashes_from_codes,
 )
+from data_layer.settings import Settings
 
 DEFAULT_END = pd.Timestamp("2026-06-29", tz="UTC")
 """End of the default simulated period: fixed, so that output never depends on today."""
@@ -267,7 +267,7 @@ class GeneratedData:
     """One simulated world: what a business would log, and the truth behind it."""
 
     events: pa.Table
-    """Canonical events in :data:`feature_repo.schema.EVENT_SCHEMA`."""
+    """Canonical events in :data:`data_layer.schema.EVENT_SCHEMA`."""
     customers: pd.DataFrame
     """Profile table in CUSTOMER_SCHEMA columns."""
     truth_customers: pd.DataFrame

@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from feature_repo.config import Settings
-from feature_repo.schema import CUSTOMER_SCHEMA, EVENT_SCHEMA
+from data_layer.schema import CUSTOMER_SCHEMA, EVENT_SCHEMA
+from data_layer.settings import Settings
 
 
 @dataclass(frozen=True)
