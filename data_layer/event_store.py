@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from data_layer import live_segment
 from data_layer.schema import CUSTOMER_SCHEMA, EVENT_SCHEMA
 from data_layer.settings import Settings
 
@@ -31,7 +32,12 @@ class WriteResult:
 
 
 def event_files(settings: Settings) -> list[Path]:
-    """The store's Parquet files, in a stable order."""
+    """The store's Parquet files, in a stable order.
+
+    Live events still in the live segment are sealed into a Parquet file first
+    (:func:`data_layer.live_segment.seal`), so every reader sees every accepted event.
+    """
+    live_segment.seal(settings)
     return sorted(settings.events_dir.glob("*.parquet"))
 
 
@@ -48,7 +54,19 @@ def events_relation_sql(settings: Settings) -> str:
 
 
 def write_events(settings: Settings, table: pa.Table, *, replace: bool = False) -> WriteResult:
-    """Append canonical events, skipping ids already stored; ``replace`` empties the store."""
+    """Append canonical events, skipping ids already stored; ``replace`` empties the store.
+
+    Holds the store's cross-process lock (:func:`data_layer.live_segment.store_lock`), so a
+    live append running at the same time cannot slip an id in between the duplicate check
+    and the write.
+    """
+    with live_segment.store_lock(settings):
+        if replace:
+            live_segment.reset(settings)
+        return _write_events(settings, table, replace=replace)
+
+
+def _write_events(settings: Settings, table: pa.Table, *, replace: bool) -> WriteResult:
     if table.schema != EVENT_SCHEMA:
         table = table.cast(EVENT_SCHEMA)
     settings.events_dir.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import zoneinfo
 from collections import Counter
@@ -572,10 +573,10 @@ def normalise(
             accepted[name] = _id_text(raw_col)[good]
     accepted = accepted.reset_index(drop=True)
     accepted.attrs["notes"] = dict(notes)
-    return accepted, _quarantine_frame(raw, reason, source)
+    return accepted, quarantine_rows(raw, reason, source)
 
 
-def _quarantine_frame(raw: pd.DataFrame, reason: pd.Series, source: str) -> pd.DataFrame:
+def quarantine_rows(raw: pd.DataFrame, reason: pd.Series, source: str) -> pd.DataFrame:
     """Rejected rows with their original values (as strings), file name, row number, reason."""
     bad = reason.notna().to_numpy()
     rows = raw[bad]
@@ -644,13 +645,25 @@ def write_quarantine(
     settings: Settings, quarantined: pd.DataFrame, source: Path, mapping: IngestMapping
 ) -> Path:
     """Write rejected rows to ``quarantine_dir``; the name is stable per file and mapping."""
-    settings.quarantine_dir.mkdir(parents=True, exist_ok=True)
     key = hashlib.sha256(f"{_file_digest(source)}:{mapping.fingerprint()}".encode()).hexdigest()
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", source.name)
-    path = settings.quarantine_dir / f"{stem}-{key[:12]}.parquet"
+    return store_quarantine(settings, quarantined, f"{source.name}-{key[:12]}")
+
+
+def store_quarantine(settings: Settings, quarantined: pd.DataFrame, name: str) -> Path:
+    """Write quarantined rows to ``quarantine_dir/<name>.parquet`` (atomically, fsync'd).
+
+    ``name`` is made file-safe; ingest and the live path (:mod:`data_layer.live_ingest`)
+    both write their rejected rows through here.
+    """
+    settings.quarantine_dir.mkdir(parents=True, exist_ok=True)
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+    path = settings.quarantine_dir / f"{stem}.parquet"
     table = pa.Table.from_pandas(quarantined, preserve_index=False)
     tmp = path.with_suffix(".tmp")
-    pq.write_table(table, tmp)
+    with open(tmp, "wb") as handle:
+        pq.write_table(table, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
     tmp.rename(path)
     return path
 

@@ -38,11 +38,18 @@ ENV_VARS: dict[str, str] = {
     "serving_url": "OMNISCORE_SERVING_URL",
     "optuna_heartbeat_seconds": "OMNISCORE_OPTUNA_HEARTBEAT_SECONDS",
     "optuna_grace_seconds": "OMNISCORE_OPTUNA_GRACE_SECONDS",
+    "future_tolerance_seconds": "OMNISCORE_FUTURE_TOLERANCE_SECONDS",
+    "stream_name": "OMNISCORE_STREAM",
+    "stream_redis": "OMNISCORE_STREAM_REDIS",
 }
 """Environment variable of each backend setting; a set variable wins over the profile."""
 OPTUNA_HEARTBEAT_SECONDS = 30
 OPTUNA_GRACE_SECONDS = 90
-_INT_SETTINGS = frozenset({"optuna_heartbeat_seconds", "optuna_grace_seconds"})
+FUTURE_TOLERANCE_SECONDS = 300
+STREAM_NAME = "omniscore:events"
+_INT_SETTINGS = frozenset(
+    {"optuna_heartbeat_seconds", "optuna_grace_seconds", "future_tolerance_seconds"}
+)
 """Settings that are whole numbers (seconds); the profile may write them as TOML integers."""
 _DEFAULTS = {"online_store": "sqlite", "offline_store": "duckdb", "feast_project": "omniscore"}
 OFFLINE_STORES = ("duckdb", "file")
@@ -146,10 +153,23 @@ class Settings:
     optuna_grace_seconds: int = OPTUNA_GRACE_SECONDS
     """A running trial whose last heartbeat is older than this is failed and re-queued (its
     worker is taken for dead); must exceed the heartbeat interval."""
+    future_tolerance_seconds: int = FUTURE_TOLERANCE_SECONDS
+    """Live events (``POST /events``, ``omniscore stream``) stamped more than this many
+    seconds after the clock are rejected as from the future (clock skew is tolerated)."""
+    stream_name: str = STREAM_NAME
+    """Redis Stream that ``omniscore stream`` consumes canonical events from."""
+    stream_redis: str | None = None
+    """Redis URL of that stream (``redis://host:port/db``); default: the online store's
+    Redis when it is one."""
     profile: Path | None = None
     """The profile file these settings were read from, if any."""
 
     def __post_init__(self) -> None:
+        if self.future_tolerance_seconds < 0:
+            raise ValueError(
+                f"future_tolerance_seconds ({ENV_VARS['future_tolerance_seconds']}) must be 0 "
+                f"or more, got {self.future_tolerance_seconds}"
+            )
         if self.offline_store not in OFFLINE_STORES:
             raise ValueError(
                 f"offline_store ({ENV_VARS['offline_store']}) must be one of {OFFLINE_STORES}, "
@@ -284,5 +304,6 @@ class Settings:
     def secrets(self) -> list[str]:
         """Every password found in the configured URLs (for scrubbing messages)."""
         values = (self.mlflow_tracking_uri, self.optuna_storage, self.online_store,
-                  self.feast_registry, self.mlflow_artifacts, self.serving_url)  # fmt: skip
+                  self.feast_registry, self.mlflow_artifacts, self.serving_url,
+                  self.stream_redis)  # fmt: skip
         return [s for v in values for s in url_secrets(v)]
