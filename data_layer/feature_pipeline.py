@@ -1,14 +1,16 @@
 """Point-in-time cross-channel features: DuckDB SQL over the canonical event store.
 
-A snapshot stamped T describes each customer using only events strictly before T. Snapshot
-times are UTC midnights, so every window ``[T - w, T)`` is a union of whole UTC days; that lets
-the pipeline aggregate each customer-day once and then sum days into windows, instead of
-re-reading every event for every snapshot.
+A snapshot stamped T describes each customer using only events strictly before T, at any
+instant T (microseconds, UTC). A window of w days is ``[T - w*24h, T)`` in continuous time.
+Every windowed feature is a count or sum of per-event (or per-session, per-active-day) items,
+so the pipeline computes, once, the running sums of each item at every window boundary of every
+snapshot (:class:`_Accumulator`), and a window is the difference of two running sums: each
+event is touched once however many snapshots overlap it.
 
-Every feature is a decomposable aggregate (a count, a sum, a max of timestamps, or a ratio of
-such) over per-customer-day partials. A stream processor can therefore keep the same
-definitions live: fold each new event into today's partial row, and recompute a customer's
-features from the last 90 daily partials plus the running "last seen" timestamps.
+Every feature at T depends only on the customer's events in ``[T - HISTORY_NEEDED, T)`` plus
+four lifetime scalars (first event, last customer-initiated event per channel, last purchase
+per channel). The live path (:mod:`data_layer.live_state`) keeps exactly that per customer and
+calls :func:`compute_snapshots` on it: one definition, two paths.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from feature_repo.catalog import (
     CART_RECOVERY_HOURS,
     FEATURE_NAMES,
     LONG_WINDOW_DAYS,
+    SESSION_GAP_HOURS,
+    SWITCH_LOOKBACK_DAYS,
     TOUCH_WINDOW_HOURS,
     VIEWS,
     features_of_view,
@@ -46,6 +50,12 @@ from feature_repo.catalog import (
 SESSION_CHANNELS = ("web", "app")
 RATED_TYPES = ("review", "survey_response")
 SNAPSHOT_KEY = ["customer_id", "event_timestamp"]
+HISTORY_NEEDED = pd.Timedelta(days=LONG_WINDOW_DAYS + SWITCH_LOOKBACK_DAYS) + pd.Timedelta(
+    hours=SESSION_GAP_HOURS
+)
+"""How far before T an event can still change a feature at T, lifetime scalars aside: a
+channel switch at T - 90 d looks back 30 d for the previous session, whose start looks back one
+session gap. (Touches look back 72 h and the 60-day trend is inside the 90-day window.)"""
 
 
 @dataclass(frozen=True)
@@ -62,29 +72,37 @@ class BuildReport:
 def snapshot_times(
     start: datetime | str, end: datetime | str, every: str | pd.Timedelta = "7D"
 ) -> list[pd.Timestamp]:
-    """Snapshot times from ``start`` to ``end`` inclusive, every ``every``, as UTC midnights."""
+    """Snapshot times from ``start`` to ``end`` inclusive, every ``every`` (any instants)."""
     first, last = _utc(start), _utc(end)
-    step = pd.Timedelta(every)
-    if step < pd.Timedelta(days=1) or step % pd.Timedelta(days=1):
-        raise ValueError(f"--every must be a whole number of days, got {every!r}")
+    try:
+        step = pd.Timedelta(every)
+    except ValueError:
+        raise ValueError(f"--every must be a duration such as 7D or 6h, got {every!r}") from None
+    if step <= pd.Timedelta(0):
+        raise ValueError(f"--every must be positive, got {every!r}")
     if last < first:
-        raise ValueError(f"--end ({last.date()}) is before --start ({first.date()})")
-    times = list(pd.date_range(first, last, freq=step))
-    _check_midnights(times)
-    return times
+        raise ValueError(f"--end ({last}) is before --start ({first})")
+    return list(pd.date_range(first, last, freq=step))
 
 
 def _utc(value: datetime | str) -> pd.Timestamp:
-    stamp = pd.Timestamp(value)
-    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    """A UTC timestamp at microsecond resolution (a naive value is read as UTC)."""
+    try:
+        stamp = pd.Timestamp(value)
+    except ValueError:
+        raise ValueError(f"not an instant: {value!r}") from None
+    if stamp is pd.NaT:
+        raise ValueError(f"not an instant: {value!r}")
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    if stamp != stamp.floor("us"):
+        # Events are stored in microseconds; a finer T would make "strictly before T" ambiguous.
+        raise ValueError(f"snapshot times have microsecond resolution, got {stamp}")
+    return stamp
 
 
-def _check_midnights(times: Sequence[pd.Timestamp]) -> None:
-    # Windows are built from whole UTC days; a T inside a day would let that day's later
-    # events leak into the snapshot.
-    off = [t for t in times if t != t.normalize()]
-    if off:
-        raise ValueError(f"snapshot times must be UTC midnights; got {off[0]}")
+def snapshot_instants(values: Sequence[datetime | str | pd.Timestamp]) -> list[pd.Timestamp]:
+    """Distinct UTC instants, sorted (what ``features build --at`` takes)."""
+    return sorted({_utc(v) for v in values})
 
 
 def _q(name: str) -> str:
@@ -165,11 +183,41 @@ def _event_sql(events: str) -> str:
     FROM (SELECT eid, cust, ts FROM ev WHERE typ = {cart}) c
     ASOF LEFT JOIN (SELECT cust, ts FROM ev WHERE typ = {purchase}) p
       ON c.cust = p.cust AND c.ts < p.ts;
+    {_SESSIONS_SQL}
     """
 
 
+# A session is a (channel, session_id), or a (channel, UTC day) for events without an id, cut
+# where two of its events are more than SESSION_GAP_HOURS apart; it starts at its first event.
+# Both depend only on earlier events, so events after T never move a session that began before
+# T. A switch is a session whose previous session (any channel; ties in start time ordered by
+# channel and key) started at most SWITCH_LOOKBACK_DAYS before it on another channel.
+_SESSIONS_SQL = f"""
+    CREATE TEMP TABLE sess AS
+    WITH keyed AS (
+        SELECT cust, ch, ts, session_key, CASE WHEN session_key IS NULL THEN day END AS sday,
+               lag(ts) OVER (PARTITION BY cust, ch, session_key,
+                                          CASE WHEN session_key IS NULL THEN day END
+                             ORDER BY ts) AS prev_ts
+        FROM ev WHERE initiated
+    ), starts AS (
+        SELECT cust, ch, ts, session_key, sday FROM keyed
+        WHERE prev_ts IS NULL OR ts - prev_ts > {SESSION_GAP_HOURS * _US_PER_HOUR}
+    )
+    SELECT cust, ch, ts,
+           coalesce(ch <> prev_ch AND ts - prev_start <= {SWITCH_LOOKBACK_DAYS * _US_PER_DAY},
+                    false) AS is_switch
+    FROM (
+        SELECT cust, ch, ts,
+               lag(ch) OVER w AS prev_ch, lag(ts) OVER w AS prev_start
+        FROM starts
+        WINDOW w AS (PARTITION BY cust ORDER BY ts, ch, session_key, sday)
+    );
+"""
+
+
 _FETCH_EVENTS_SQL = """
-SELECT ev.cust, ev.ts, ev.day, ev.ch, ev.typ, ev.initiated,
+SELECT ev.cust, ev.ts, ev.ch, ev.typ, ev.initiated,
        coalesce(ev.amount, 0)::DOUBLE AS amount, coalesce(ev.rating, 'NaN'::DOUBLE) AS rating,
        coalesce(t.touched_other, false) AS touched_other,
        coalesce(t.web_touch, false) AS web_touch,
@@ -178,17 +226,14 @@ SELECT ev.cust, ev.ts, ev.day, ev.ch, ev.typ, ev.initiated,
 FROM ev LEFT JOIN touch t USING (eid) LEFT JOIN cart_recovery r USING (eid)
 """
 
-# A session is a (channel, session_id), or a (channel, UTC day) for events without an id;
-# its start is its first event, so events after T never move a session that began before T.
-_FETCH_SESSIONS_SQL = """
-SELECT cust, start_day AS day, ch,
-       coalesce(lag(ch) OVER (PARTITION BY cust ORDER BY start_ts, ch, session_key, sday), -100)
-         AS prev_ch
-FROM (
-    SELECT cust, ch, session_key, CASE WHEN session_key IS NULL THEN day END AS sday,
-           min(ts) AS start_ts, min(day) AS start_day
-    FROM ev WHERE initiated GROUP BY ALL
-)
+_FETCH_SESSIONS_SQL = "SELECT cust, ch, ts, is_switch FROM sess"
+
+# Active days: each (customer, channel, UTC day) with a customer-initiated event, with its first
+# and last event; the day is in [T - w, T) when its first event is before T and its last event
+# is at or after T - w (a day holds at most 24 h, so it cannot straddle both edges).
+_FETCH_DAYS_SQL = """
+SELECT cust, ch, min(ts) AS first_ts, max(ts) AS last_ts
+FROM ev WHERE initiated AND ch >= 0 GROUP BY cust, ch, day
 """
 
 _FETCH_CUSTOMERS_SQL = """
@@ -207,11 +252,12 @@ def _running(op: np.ufunc, rows: np.ndarray) -> np.ndarray:
 
 
 class _Accumulator:
-    """Cumulative per-customer sums at snapshot boundaries: C(t) = sum of x over days < t.
+    """Cumulative per-customer sums at window boundaries: C(b) = sum of x over items before b.
 
-    A window ``[T - w, T)`` is then ``C(T) - C(T - w)``, so every event is touched once no
-    matter how many snapshots overlap it. Arrays are boundary-major (boundaries × customers)
-    so that the running sums are vector operations.
+    Boundaries are instants in microseconds (every ``T - w`` of every snapshot). A window
+    ``[T - w, T)`` is then ``C(T) - C(T - w)``, so every item is touched once no matter how many
+    snapshots overlap it. Arrays are boundary-major (boundaries × customers) so that the running
+    sums are vector operations.
     """
 
     def __init__(self, n_customers: int, boundaries: np.ndarray) -> None:
@@ -219,9 +265,9 @@ class _Accumulator:
         self.boundaries = boundaries
         self.width = len(boundaries) + 1
 
-    def keys(self, cust: np.ndarray, day: np.ndarray) -> np.ndarray:
-        """Flat cell of each item: its bucket (boundaries at or before its day) and customer."""
-        bucket = np.searchsorted(self.boundaries, day, side="right").astype(np.int64)
+    def keys(self, cust: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """Flat cell of each item: its bucket (boundaries at or before its time) and customer."""
+        bucket = np.searchsorted(self.boundaries, ts, side="right").astype(np.int64)
         return bucket * self.n_customers + cust
 
     def cumulative(self, keys: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
@@ -229,31 +275,36 @@ class _Accumulator:
         return _running(np.add, flat.reshape(self.width, self.n_customers))
 
     def latest(self, keys: np.ndarray, ts: np.ndarray) -> np.ndarray:
-        """Latest ``ts`` with day < boundary, per boundary and customer (-1 when none)."""
+        """Latest ``ts`` before each boundary, per boundary and customer (-1 when none)."""
         dense = np.full(self.width * self.n_customers, -1, dtype=np.int64)
         np.maximum.at(dense, keys, ts)
         return _running(np.maximum, dense.reshape(self.width, self.n_customers))
 
-    def row(self, day: int) -> int:
-        """Row of a cumulative array holding the sums over days before ``day``."""
-        return int(np.searchsorted(self.boundaries, day, side="left"))
+    def rows(self, instants: np.ndarray) -> np.ndarray:
+        """Rows of a cumulative array holding the sums over items before each instant."""
+        return np.searchsorted(self.boundaries, instants, side="left")
 
 
 def _window_columns(
     ev: dict[str, np.ndarray],
     sessions: dict[str, np.ndarray],
+    active_days: dict[str, np.ndarray],
     acc: _Accumulator,
-    t_days: np.ndarray,
+    t_us: np.ndarray,
 ) -> dict[str, np.ndarray]:
-    """Every window sum and last-seen timestamp as (customers × snapshots) arrays."""
+    """Every window sum and last-seen timestamp as (snapshots × customers) arrays."""
     long = LONG_WINDOW_DAYS
-    cust, day, ch, typ = ev["cust"], ev["day"], ev["ch"], ev["typ"]
+    cust, ch, typ = ev["cust"], ev["ch"], ev["typ"]
     initiated, amount = ev["initiated"], ev["amount"]
-    keys = acc.keys(cust, day)
+    keys = acc.keys(cust, ev["ts"])
     out: dict[str, np.ndarray] = {}
+    rows_at = {
+        offset: acc.rows(t_us - offset * _US_PER_DAY)
+        for offset in {0, 60, *ACTIVITY_WINDOWS_DAYS, long, 30}
+    }
 
     def at(cum: np.ndarray, offset_days: int) -> np.ndarray:
-        return cum[[acc.row(t - offset_days) for t in t_days], :]
+        return cum[rows_at[offset_days], :]
 
     def windows(name: str, mask: np.ndarray, weights=None, spans=(long,)) -> None:
         w = None if weights is None else weights[mask]
@@ -312,49 +363,36 @@ def _window_columns(
     windows("store_purch_web", purchase & (ch == _CHANNEL_CODE["store"]) & ev["web_touch"])
     windows("app_purch_email", purchase & (ch == _CHANNEL_CODE["app"]) & ev["email_touch"])
 
-    # Active days: each distinct (customer, channel, day) counts once.
-    day0 = int(day.min()) if len(day) else 0
-    span_days = int(day.max()) - day0 + 1 if len(day) else 1
-    known = initiated & (ch >= 0)
-    packed = (cust[known].astype(np.int64) * len(CHANNELS) + ch[known]) * span_days + (
-        day[known] - day0
-    )
-    packed.sort()
-    distinct = (
-        packed[np.concatenate(([True], packed[1:] != packed[:-1]))] if len(packed) else packed
-    )
-    d_day = (distinct % span_days + day0).astype(np.int64)
-    d_rest = distinct // span_days
-    d_cust, d_ch = d_rest // len(CHANNELS), d_rest % len(CHANNELS)
+    # Active days in [T - w, T): days whose first event is before T, less those whose last
+    # event is before T - w (a subset of the former).
+    d_cust, d_ch = active_days["cust"], active_days["ch"]
     for name, code in _CHANNEL_CODE.items():
         on = d_ch == code
-        cum = acc.cumulative(acc.keys(d_cust[on], d_day[on]))
-        now = at(cum, 0)
+        begun = at(acc.cumulative(acc.keys(d_cust[on], active_days["first_ts"][on])), 0)
+        ended = acc.cumulative(acc.keys(d_cust[on], active_days["last_ts"][on]))
         for span in ACTIVITY_WINDOWS_DAYS:
-            out[f"days_{name}__{span}"] = now - at(cum, span)
+            out[f"days_{name}__{span}"] = begun - at(ended, span)
 
     # Carts: abandoned at T unless recovered before T.
     carts = is_type["add_to_cart"]
     cum_carts = acc.cumulative(keys[carts])
     recovered = carts & (ev["recovered_at"] >= 0)
-    by_recovery = acc.cumulative(
-        acc.keys(cust[recovered], ev["recovered_at"][recovered] // _US_PER_DAY)
-    )
+    by_recovery = acc.cumulative(acc.keys(cust[recovered], ev["recovered_at"][recovered]))
     by_cart = acc.cumulative(keys[recovered])
     out["carts"] = at(cum_carts, 0) - at(cum_carts, long)
     out["abandoned"] = out["carts"] - (at(by_recovery, 0) - at(by_cart, long))
 
-    s_cust, s_day, s_ch, s_prev = (sessions[k] for k in ("cust", "day", "ch", "prev_ch"))
+    s_cust, s_ts, s_ch = sessions["cust"], sessions["ts"], sessions["ch"]
     web_app = np.isin(s_ch, [_CHANNEL_CODE[c] for c in SESSION_CHANNELS])
-    cum = acc.cumulative(acc.keys(s_cust[web_app], s_day[web_app]))
+    cum = acc.cumulative(acc.keys(s_cust[web_app], s_ts[web_app]))
     out["sessions__30"] = at(cum, 0) - at(cum, 30)
-    switch = (s_prev != -100) & (s_prev != s_ch)
-    cum = acc.cumulative(acc.keys(s_cust[switch], s_day[switch]))
+    switch = sessions["is_switch"]
+    cum = acc.cumulative(acc.keys(s_cust[switch], s_ts[switch]))
     out[f"switches__{long}"] = at(cum, 0) - at(cum, long)
 
     first = np.full(acc.n_customers, np.iinfo(np.int64).max, dtype=np.int64)
     np.minimum.at(first, cust, ev["ts"])
-    out["first_ts"] = np.repeat(first[None, :], len(t_days), axis=0)
+    out["first_ts"] = np.repeat(first[None, :], len(t_us), axis=0)
     return out
 
 
@@ -363,23 +401,31 @@ def _fetch(con: duckdb.DuckDBPyConnection, sql: str) -> dict[str, np.ndarray]:
     return {name: table.column(name).to_numpy() for name in table.column_names}
 
 
+_TEMP_TABLES = ("ids", "ev", "touch", "cart_recovery", "sess")
+
+
 def compute_snapshots(
     events: pa.Table | pd.DataFrame | str,
     customers: pd.DataFrame,
     times: Sequence[datetime | str | pd.Timestamp],
+    *,
+    connection: duckdb.DuckDBPyConnection | None = None,
 ) -> pd.DataFrame:
     """One row per (customer, T) with every catalog feature, using only events before T.
 
     ``events`` is canonical events (a frame, an Arrow table, or a DuckDB relation expression
-    such as ``read_parquet([...])``); ``customers`` the profile table. A customer appears at T
-    when they signed up before T or have any event before T. Returns ``customer_id``,
-    ``event_timestamp`` (= T, UTC) and the features in catalog order.
+    such as ``read_parquet([...])``; only ``customer_id``, ``event_timestamp``, ``channel``,
+    ``event_type``, ``family``, ``amount``, ``session_id`` and ``rating`` are read);
+    ``customers`` the profile table. ``times`` are any instants (microsecond resolution). A
+    customer appears at T when they signed up before T or have any event before T. Returns
+    ``customer_id``, ``event_timestamp`` (= T, UTC) and the features in catalog order.
+    ``connection`` reuses a caller's DuckDB connection (the live path's per-call overhead);
+    its temporary tables are dropped again before returning.
     """
-    stamps = sorted({_utc(t) for t in times})
+    stamps = snapshot_instants(times)
     if not stamps:
         raise ValueError("no snapshot times given")
-    _check_midnights(stamps)
-    con = duckdb.connect()
+    con = connection if connection is not None else duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
         # Row order never matters here, and letting DuckDB drop it saves sorts and memory.
@@ -393,18 +439,24 @@ def compute_snapshots(
         con.execute(_event_sql(source))
         ev = _fetch(con, _FETCH_EVENTS_SQL)
         sessions = _fetch(con, _FETCH_SESSIONS_SQL)
+        active_days = _fetch(con, _FETCH_DAYS_SQL)
         ids = _fetch(con, _FETCH_CUSTOMERS_SQL)
     finally:
-        con.close()
+        if connection is None:
+            con.close()
+        else:
+            for table in _TEMP_TABLES:
+                con.execute(f"DROP TABLE IF EXISTS {table}")
+            for view in ("events_in", "customers"):
+                con.unregister(view)
 
-    t_days = np.array([t.value // (_US_PER_DAY * 1000) for t in stamps], dtype=np.int64)
+    t_us = np.array([t.value // 1000 for t in stamps], dtype=np.int64)
     offsets = np.array([0, *ACTIVITY_WINDOWS_DAYS, 60, LONG_WINDOW_DAYS], dtype=np.int64)
-    boundaries = np.unique((t_days[:, None] - offsets[None, :]).ravel())
+    boundaries = np.unique((t_us[:, None] - offsets[None, :] * _US_PER_DAY).ravel())
     acc = _Accumulator(len(ids["cust"]), boundaries)
-    columns = _window_columns(ev, sessions, acc, t_days)
+    columns = _window_columns(ev, sessions, active_days, acc, t_us)
 
     # Rows are snapshot-major, customers in id order (codes follow sorted customer_id).
-    t_us = t_days * _US_PER_DAY
     signup = ids["signup_us"]
     signup = np.where(pd.isna(signup), np.iinfo(np.int64).max, signup).astype(np.int64)
     first = columns["first_ts"][0]
@@ -593,14 +645,22 @@ def build_features(
     start: datetime | str | None = None,
     end: datetime | str | None = None,
     every: str = "7D",
+    at: Sequence[datetime | str | pd.Timestamp] = (),
 ) -> BuildReport:
-    """Compute snapshots from the event store and write them for Feast (the CLI's runner)."""
+    """Compute snapshots from the event store and write them for Feast (the CLI's runner).
+
+    Snapshots are taken at the instants ``at`` plus the range ``start``..``end`` every
+    ``every``; with ``at`` and neither ``start`` nor ``end``, only at ``at``; with nothing, at
+    the default weekly range (:func:`default_snapshot_range`).
+    """
     began = time.perf_counter()
-    if start is None or end is None:
-        default_start, default_end = default_snapshot_range(settings)
-        start = start or default_start
-        end = end or default_end
-    times = snapshot_times(start, end, every)
+    times = snapshot_instants(at)
+    if start is not None or end is not None or not times:
+        if start is None or end is None:
+            default_start, default_end = default_snapshot_range(settings)
+            start = start or default_start
+            end = end or default_end
+        times = sorted(set(times) | set(snapshot_times(start, end, every)))
     snapshots = compute_snapshots(events_relation_sql(settings), read_customers(settings), times)
     files = write_snapshots(settings, snapshots, datetime.now(UTC))
     return BuildReport(

@@ -18,6 +18,12 @@ TOUCH_WINDOW_HOURS = 72
 """A purchase counts as cross-channel when another channel touched the customer this soon before."""
 CART_RECOVERY_HOURS = 24
 """An add-to-cart not followed by a purchase (any channel) within this long is abandoned."""
+SESSION_GAP_HOURS = 24
+"""Events of one (channel, session_id) further apart than this belong to separate sessions, so
+whether an event starts a session depends only on the day before it."""
+SWITCH_LOOKBACK_DAYS = 30
+"""A session is a channel switch only when the customer's previous session started at most this
+long before it: an older one is a return, not a switch, and the look-back stays bounded."""
 
 
 @dataclass(frozen=True)
@@ -61,8 +67,9 @@ def _catalog() -> list[Feature]:
                     f"{ch}_active_days_{w}d",
                     "channel_activity",
                     "float",
-                    f"Distinct UTC days with a customer-initiated event on {ch} in the {w} days "
-                    "before T.",
+                    f"Distinct UTC days holding a customer-initiated event on {ch} inside the {w} "
+                    "days before T (a day cut by a window edge counts when one of its events is "
+                    "inside).",
                     ch,
                 )
             )
@@ -184,7 +191,9 @@ def _catalog() -> list[Feature]:
             "engagement",
             "float",
             "Web and app sessions started in the 30 days before T. A session is a "
-            "(channel, session_id), or a (channel, UTC day) for events without a session_id.",
+            "(channel, session_id), or a (channel, UTC day) for events without a session_id, "
+            f"split where two of its events are more than {SESSION_GAP_HOURS} h apart; it starts "
+            "at its first customer-initiated event.",
         )
     )
     add(
@@ -297,8 +306,9 @@ def _catalog() -> list[Feature]:
             "cross_channel",
             "float",
             f"Sessions (of customer-initiated events, any channel) started in the {w} days "
-            "before T whose channel differs from the "
-            "customer's previous session (on any channel, at any earlier time).",
+            "before T whose channel differs from the customer's previous session (on any "
+            f"channel), when that one started at most {SWITCH_LOOKBACK_DAYS} days before it "
+            "(an older one is a return, not a switch).",
         )
     )
     add(
@@ -396,14 +406,51 @@ def features_markdown() -> str:
         "Generated from `feature_repo/catalog.py` (`python -m feature_repo.catalog > "
         "docs/features.md`); a test keeps the two equal.",
         "",
-        "A snapshot stamped T uses only events strictly before T; every window is the half-open "
-        "interval `[T - w, T)` of whole UTC days, and snapshot times are UTC midnights. "
-        "*Customer-initiated* events are those of the behavioral, transactional and attitudinal "
-        "families (sends and impressions are contextual: the business acted, not the customer).",
+        "A snapshot stamped T uses only events strictly before T. T is any instant (UTC, "
+        "microsecond resolution), not only a midnight. *Customer-initiated* events are those of "
+        "the behavioral, transactional and attitudinal families (sends and impressions are "
+        "contextual: the business acted, not the customer).",
         "",
-        "Every feature is a count, a sum, a latest timestamp, or a ratio of such, over per-day "
-        "partials, so the same definitions can be maintained from a live event stream: fold each "
-        "event into today's partial, keep 90 days of partials and the last-seen timestamps.",
+        "## What a window means at any instant",
+        "",
+        "- **A window of w days** is the half-open interval `[T - w × 24 h, T)` in continuous "
+        "time: at T = 2026-06-03 14:25 UTC the 7-day window starts at 2026-05-27 14:25, and an "
+        "event exactly at 14:25 that day is inside, one a microsecond earlier is outside. At a UTC "
+        "midnight this is the same as w whole UTC days.",
+        "- **Active days** still count UTC calendar days: a day cut by the window's start edge "
+        "counts when one of its events is at or after the edge; today counts when one of its "
+        "events is before T.",
+        "- **Days since** and **tenure** are fractional days from the event (or signup) to T.",
+        "- **Flags look only backwards from their own event, or a fixed span forwards that is "
+        "re-checked against T**: a purchase is cross-channel when another channel touched the "
+        f"customer in the {TOUCH_WINDOW_HOURS} h before it; a cart is recovered only by a "
+        f"purchase within {CART_RECOVERY_HOURS} h after it *and before T*; a session starts where "
+        f"its (channel, session_id) had no event in the previous {SESSION_GAP_HOURS} h; a switch "
+        f"looks back at most {SWITCH_LOOKBACK_DAYS} days for the previous session. So no event at "
+        "or after T can change a snapshot at T.",
+        "",
+        "## Bounded history: why the live path gives the same values",
+        "",
+        f"Every feature at T depends only on the customer's events in the "
+        f"{LONG_WINDOW_DAYS + SWITCH_LOOKBACK_DAYS} days and {SESSION_GAP_HOURS} h before T (the "
+        f"longest window, plus the switch look-back and one session gap), plus four lifetime "
+        "scalars that are idempotent to fold (a minimum or a maximum): the first event, the last "
+        "customer-initiated event per channel and the last purchase per channel (for *days "
+        "since* and *tenure*). The live state (`data_layer/live_state.py`) keeps a horizon of "
+        "events a little longer than that plus the events that set the lifetime scalars, and "
+        "computes features by running this same pipeline on them, so the live path and the "
+        "batch pipeline give equal values at the same instant.",
+        "",
+        "## Customers with no events",
+        "",
+        "A customer appears in a snapshot at T when they signed up before T or have any event "
+        "before T. A customer with neither (no profile row and no event before T) has no row: "
+        "no features at all. With a profile row and no event before T: every count and sum is 0 "
+        "(`events_trend_30d` and `revenue_trend_30d` are ln(1/1) = 0), every ratio, average and "
+        "*days since* is null (nothing to divide by, nothing seen), `preferred_channel_90d` is "
+        "null, `tenure_days` runs from signup, and the profile columns come from the customers "
+        "table. A customer with events but no profile row has null profile columns and a tenure "
+        "from their first event.",
         "",
         "| feature service | what it serves |",
         "|---|---|",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import duckdb
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -282,9 +283,10 @@ EXPECTED_A = {
     "cross_channel_purchase_rate_90d": 0.75,
     "web_to_store_purchase_rate_90d": 1.0,  # a15 / 1 store purchase
     "email_to_app_purchase_rate_90d": 0.5,  # a6 yes (open 19 h); a23 no (click 5 d before)
-    # sessions from a-w1 (T-90d) onward whose channel differs from the previous one: all but
-    # web a-w3 (after web day 05-02) and store 05-10 (after store 05-06) → 18 - 2
-    "channel_switches_90d": 16.0,
+    # sessions from a-w1 (T-90d) onward whose channel differs from the previous one, started at
+    # most 30 d before: all but web a-w3 (after web day 05-02), store 05-10 (after store 05-06)
+    # and web a-w2 (04-10 12:00; app a-app1 began 30 d 2 h before) → 18 - 3
+    "channel_switches_90d": 15.0,
     # initiated in [05-02, T): web 8 app 2 email 1 store 4 social 1 sms 1 push 1 = 18;
     # in [04-02, 05-02): a7 a9 a10 = 3 → ln(19 / 4)
     "events_trend_30d": 1.55814461804655,
@@ -356,8 +358,9 @@ def test_customer_without_profile_row(snapshots: pd.DataFrame) -> None:
             "complaints_90d": 1.0,
             "sessions_30d": 5.0,  # web b-w1 b-w2 day 05-25; app b-a1 b-a2
             "product_views_per_session_30d": 0.2,  # b4 / 5
-            # sms | web | store | email | app | web | store | app | web: 8 changes
-            "channel_switches_90d": 8.0,
+            # sms | web | store | email | app | web | store | app | web: 8 changes, less web
+            # b-w1 (05-10), whose previous session (sms b2 04-01 09:00) began 39 d before → 7
+            "channel_switches_90d": 7.0,
             "active_channels_90d": 5.0,
             # web 3 and store 3 tie; the alphabetically first wins
             "preferred_channel_90d": "store",
@@ -431,12 +434,157 @@ def test_signed_up_customer_without_events(snapshots: pd.DataFrame) -> None:
     )
 
 
+# --- intra-day instants ----------------------------------------------------------------------
+# TI = 2024-06-01 15:30 UTC, so TI-7d = 05-25 15:30, TI-30d = 05-02 15:30, TI-60d = 04-02 15:30
+# and TI-90d = 03-03 15:30: every window edge falls inside a UTC day.
+TI = pd.Timestamp("2024-06-01 15:30", tz="UTC")
+EVENTS_G = [
+    _ev("G", "2024-03-03 09:00", "app", "app_open", session="g-a0"),  # g1: before TI-90d
+    _ev("G", "2024-03-03 16:00", "app", "app_open", session="g-a1"),  # g2: same day, inside
+    _ev("G", "2024-03-20 12:00", "store", "purchase", 80.0),  # g3: no touch within 72 h
+    _ev("G", "2024-05-02 15:00", "web", "page_view"),  # g4: 30 min before TI-30d
+    _ev("G", "2024-05-02 16:00", "web", "product_view"),  # g5: same (web, day) session as g4
+    _ev("G", "2024-05-25 15:29:59.999999", "web", "add_to_cart", session="g-w1"),  # g6: 1 µs
+    _ev("G", "2024-05-25 15:30", "web", "page_view", session="g-w1"),  # g7: exactly TI-7d
+    _ev("G", "2024-05-26 10:00", "app", "purchase", 50.0, "g-a2"),  # g8: recovers g6 (18 h 30)
+    _ev("G", "2024-05-27 08:00", "web", "page_view", session="g-w1"),  # g14: g-w1 again, 40.5 h
+    _ev("G", "2024-06-01 09:00", "web", "add_to_cart", session="g-w2"),  # g9
+    _ev("G", "2024-06-01 15:00", "store", "purchase", 40.0),  # g10: recovers g9; web 6 h before
+    _ev("G", "2024-06-01 15:20", "app", "add_to_cart", session="g-a3"),  # g13
+    _ev("G", "2024-06-01 15:30", "web", "purchase", 999.0),  # g11: exactly TI, excluded
+]
+CUSTOMERS_TI = pd.DataFrame(
+    {
+        "customer_id": ["G", "H", "I"],
+        "signup_date": pd.to_datetime(
+            ["2024-01-01 00:00", "2024-06-01 12:00", "2024-06-01 15:30"], utc=True
+        ),
+        "region": ["west", "north", "south"],
+        "age_band": ["25-34", "45-54", "18-24"],
+        "loyalty_tier": ["bronze", "none", "gold"],
+        "preferred_device": ["desktop", "mobile", "mobile"],
+    }
+)
+
+
+@pytest.fixture(scope="module")
+def intraday() -> pd.DataFrame:
+    return compute_snapshots(_events(EVENTS_G), CUSTOMERS_TI, [TI])
+
+
+def test_windows_at_an_intra_day_instant(intraday: pd.DataFrame) -> None:
+    # Initiated counts in [TI-90d, TI): web g4 g5 g6 g7 g14 g9 = 6, app g2 g8 g13 = 3,
+    # store g3 g10 = 2 (g1 is 6 h 30 before the edge, g11 is at TI).
+    web, app, store = 6 / 11, 3 / 11, 2 / 11
+    _assert_features(
+        _row(intraday, "G", TI),
+        {
+            "web_events_7d": 3.0,  # g7 (exactly TI-7d) g14 g9; g6 is 1 µs before the edge
+            # a UTC day counts when it holds an event inside the window: 05-25 (g7), 05-27, 06-01
+            "web_active_days_7d": 3.0,
+            "web_events_30d": 5.0,  # g5 (g4 is 30 min before the edge) g6 g7 g14 g9
+            "web_active_days_30d": 4.0,  # 05-02 (g5 only) 05-25 05-27 06-01
+            "web_events_90d": 6.0,
+            "web_active_days_90d": 4.0,
+            "web_days_since_last": 6.5 / 24,  # g9 06-01 09:00
+            "app_events_7d": 2.0,  # g8 g13
+            "app_active_days_7d": 2.0,
+            "app_events_90d": 3.0,  # g2 g8 g13 (g1 before the edge)
+            "app_active_days_90d": 3.0,  # 03-03 (g2 only) 05-26 06-01
+            "app_days_since_last": 10 / 1440,  # g13 15:20
+            "store_events_7d": 1.0,
+            "store_events_90d": 2.0,
+            "store_days_since_last": 30 / 1440,  # g10 15:00
+            "purchases_90d": 3.0,  # g3 g8 g10 (g11 at TI excluded)
+            "revenue_90d": 170.0,  # 80 + 50 + 40
+            "avg_order_value_90d": 170 / 3,
+            "days_since_last_purchase": 30 / 1440,
+            "web_purchases_90d": 0.0,
+            "web_days_since_last_purchase": NAN,
+            "app_revenue_90d": 50.0,
+            "store_purchases_90d": 2.0,
+            "store_revenue_90d": 120.0,
+            # carts g6 (recovered by g8), g9 (by g10, 6 h later, before TI), g13 (its purchase
+            # g11 comes exactly at TI, so not before TI) → 1 / 3
+            "cart_abandonment_rate_90d": 1 / 3,
+            # sessions started in [05-02 15:30, TI) on web/app: g-w1 (g6), g-a2, g-w1 again
+            # (g14, 40.5 h after g7), g-w2, g-a3; web day 05-02 began at g4, before the edge
+            "sessions_30d": 5.0,
+            "product_views_per_session_30d": 0.2,  # g5 / 5
+            # sessions in start order: app g-a0, app g-a1 | store 03-20 (app 16 d 20 h before:
+            # yes) | web 05-02 (store 43 d before: no) | web g-w1 (no) | app g-a2 (yes) | web
+            # g-w1' (yes) | web g-w2 (no) | store 06-01 (yes) | app g-a3 (yes); g-a0 is before
+            # the edge → 5
+            "channel_switches_90d": 5.0,
+            # g3: nothing within 72 h; g8: web g7 18 h 30 before; g10: web g9 6 h before
+            "cross_channel_purchase_rate_90d": 2 / 3,
+            "web_to_store_purchase_rate_90d": 0.5,  # g10 yes, g3 no
+            "online_revenue_share_90d": 50 / 170,  # app g8
+            # initiated in [05-02 15:30, TI): g5 g6 g7 g8 g14 g9 g10 g13 = 8; in
+            # [04-02 15:30, 05-02 15:30): g4 → ln(9 / 2)
+            "events_trend_30d": math.log(9 / 2),
+            "revenue_trend_30d": math.log(91),  # (50 + 40 + 1) / (0 + 1)
+            "active_channels_90d": 3.0,
+            "channel_entropy_90d": -sum(p * math.log2(p) for p in (web, app, store)),
+            "preferred_channel_90d": "web",
+            "tenure_days": 152 + 15.5 / 24,  # 2024-01-01 → 06-01 15:30
+            "region": "west",
+        },
+    )
+
+
+def test_profile_only_customers_at_an_intra_day_instant(intraday: pd.DataFrame) -> None:
+    # H signed up 3 h 30 before TI and has no event: counts 0, ratios and recencies missing.
+    expected = {
+        "tenure_days": 3.5 / 24,
+        "loyalty_tier": "none",
+        "purchases_90d": 0.0,
+        "sessions_30d": 0.0,
+        "channel_switches_90d": 0.0,
+        "avg_order_value_90d": NAN,
+        "cart_abandonment_rate_90d": NAN,
+        "channel_entropy_90d": NAN,
+        "preferred_channel_90d": None,
+        "events_trend_30d": 0.0,
+    }
+    for ch in CHANNELS:
+        expected |= {
+            f"{ch}_events_7d": 0.0,
+            f"{ch}_active_days_90d": 0.0,
+            f"{ch}_days_since_last": NAN,
+        }
+    _assert_features(_row(intraday, "H", TI), expected)
+    # I signs up exactly at TI: not yet a customer at TI.
+    assert sorted(intraday["customer_id"]) == ["G", "H"]
+    assert (intraday["event_timestamp"] == TI).all()
+
+
+def test_an_intra_day_instant_sees_exactly_the_events_before_it() -> None:
+    # One microsecond later, g11 (at TI) is in and g7 (exactly at TI-7d) is out.
+    later = TI + pd.Timedelta(microseconds=1)
+    row = _row(compute_snapshots(_events(EVENTS_G), CUSTOMERS_TI, [later]), "G", later)
+    _assert_features(
+        row,
+        {
+            "web_events_7d": 3.0,  # g14 g9 g11
+            "web_active_days_7d": 2.0,  # 05-27 06-01 (05-25 held only g6 and g7)
+            "web_purchases_90d": 1.0,
+            "purchases_90d": 4.0,
+            "web_days_since_last": 1e-6 / 86400,
+            # g13's cart is now recovered by g11 (10 min later, before the instant) → 0 / 3
+            "cart_abandonment_rate_90d": 0.0,
+        },
+    )
+
+
 # --- property: nothing at or after T changes a snapshot at T ---------------------------------
 
+# The property is checked at intra-day instants (a midnight is just one more instant).
+BASE = pd.Timestamp("2024-06-01 09:30:00.000123", tz="UTC")
 _CUSTOMER_IDS = ("c1", "c2", "c3", "c4")
 _EVENT_TYPES = tuple(EVENT_TYPES)
 _DAY = 86_400
-# Offsets (s) relative to T that sit on the window edges, mixed into the random ones.
+# Offsets (s) relative to BASE that sit on the window edges, mixed into the random ones.
 _EDGES = (-90 * _DAY, -90 * _DAY - 1, -60 * _DAY, -30 * _DAY, -30 * _DAY - 1, -7 * _DAY, -1)
 
 
@@ -477,7 +625,7 @@ def _table(rows: list[dict]):
             "rating",
         ],
     )
-    frame["event_timestamp"] = T + pd.to_timedelta(frame["offset"].astype("int64"), unit="s")
+    frame["event_timestamp"] = BASE + pd.to_timedelta(frame["offset"].astype("int64"), unit="s")
     return to_canonical_table(frame.drop(columns=["offset"]))
 
 
@@ -487,7 +635,7 @@ def _customers(signups: dict[str, int]) -> pd.DataFrame:
         {
             "customer_id": pd.Series(ids, dtype="object"),
             "signup_date": pd.to_datetime(
-                [T + pd.Timedelta(seconds=signups[c]) for c in ids], utc=True
+                [BASE + pd.Timedelta(seconds=signups[c]) for c in ids], utc=True
             ),
             "region": [f"r-{c}" for c in ids],
             "age_band": ["25-34"] * len(ids),
@@ -497,38 +645,58 @@ def _customers(signups: dict[str, int]) -> pd.DataFrame:
     )
 
 
+@pytest.fixture(scope="module")
+def connection():
+    """One DuckDB connection for every example (what the live path does): it halves the
+    per-call cost, and compute_snapshots must leave nothing behind in it between calls."""
+    con = duckdb.connect()
+    yield con
+    con.close()
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(before=_event_rows(_BEFORE), later=_event_rows(_AT_OR_AFTER), signups=_SIGNUPS)
-def test_events_at_or_after_t_never_change_the_snapshot_at_t(before, later, signups) -> None:
+def test_events_at_or_after_t_never_change_the_snapshot_at_t(
+    connection, before, later, signups
+) -> None:
     customers = _customers(signups)
-    times = [T - pd.Timedelta(days=7), T]
-    base = compute_snapshots(_table(before), customers, times)
-    more = compute_snapshots(_table(before + later), customers, times)
+    times = [BASE - pd.Timedelta(days=7, hours=13), BASE]
+    base = compute_snapshots(_table(before), customers, times, connection=connection)
+    more = compute_snapshots(_table(before + later), customers, times, connection=connection)
     pd.testing.assert_frame_equal(base, more, check_exact=True)
     # Who appears: signed up before that T, or has any event before it.
     for at in times:
-        expected = {c for c, s in signups.items() if T + pd.Timedelta(seconds=s) < at}
-        expected |= {r["customer_id"] for r in before if T + pd.Timedelta(seconds=r["offset"]) < at}
+        expected = {c for c, s in signups.items() if BASE + pd.Timedelta(seconds=s) < at}
+        expected |= {
+            r["customer_id"] for r in before if BASE + pd.Timedelta(seconds=r["offset"]) < at
+        }
         assert set(base.loc[base["event_timestamp"] == at, "customer_id"]) == expected
 
 
 # --- snapshot times and the runner -----------------------------------------------------------
 
 
-def test_snapshot_times_are_whole_utc_days() -> None:
+def test_snapshot_times_are_any_instants() -> None:
     assert snapshot_times("2024-05-18", "2024-06-01", "7D") == [
         pd.Timestamp("2024-05-18", tz="UTC"),
         pd.Timestamp("2024-05-25", tz="UTC"),
         pd.Timestamp("2024-06-01", tz="UTC"),
     ]
-    with pytest.raises(ValueError, match="midnight"):
-        snapshot_times("2024-05-18 06:00", "2024-06-01", "7D")
-    with pytest.raises(ValueError, match="whole number of days"):
-        snapshot_times("2024-05-18", "2024-06-01", "12h")
-    with pytest.raises(ValueError, match="whole number of days"):
-        snapshot_times("2024-05-18", "2024-06-01", "36h")
-    with pytest.raises(ValueError, match="midnight"):
-        compute_snapshots(_events(EVENTS_A), CUSTOMERS, ["2024-06-01 12:00"])
+    assert snapshot_times("2024-05-31 06:00", "2024-06-01T07:00:00+01:00", "12h") == [
+        pd.Timestamp("2024-05-31 06:00", tz="UTC"),
+        pd.Timestamp("2024-05-31 18:00", tz="UTC"),
+        pd.Timestamp("2024-06-01 06:00", tz="UTC"),
+    ]
+    with pytest.raises(ValueError, match="positive"):
+        snapshot_times("2024-05-18", "2024-06-01", "0h")
+    with pytest.raises(ValueError, match="duration"):
+        snapshot_times("2024-05-18", "2024-06-01", "weekly")
+    with pytest.raises(ValueError, match="before --start"):
+        snapshot_times("2024-06-01", "2024-05-18")
+    with pytest.raises(ValueError, match="microsecond"):
+        compute_snapshots(_events(EVENTS_A), CUSTOMERS, ["2024-06-01 12:00:00.0000001"])
+    with pytest.raises(ValueError, match="not an instant"):
+        compute_snapshots(_events(EVENTS_A), CUSTOMERS, ["noon"])
 
 
 def _view_frames(home: Settings) -> dict[str, pd.DataFrame]:
