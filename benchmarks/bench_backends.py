@@ -159,16 +159,13 @@ def bench_tuning(
     Every process uses ``threads`` LightGBM threads, so the worker count is the only thing
     that changes between runs.
     """
-    from data_layer.feature_pipeline import build_features, default_snapshot_range
-    from data_layer.synthetic import generate, write_generated
+    from omniscore.pipeline import PipelineOptions, run_pipeline
     from training.distributed import run_workers
 
     settings = Settings.from_env(root / "tuning")
-    settings.ensure_dirs()
     started = time.perf_counter()
-    write_generated(settings, generate(customers, days, 5))
-    build_features(settings, *default_snapshot_range(settings, weeks=32))
-    feast_store.apply(settings)
+    options = PipelineOptions(customers=customers, days=days, seed=5, snapshot_weeks=32)
+    run_pipeline(settings, "apply", options)
     out: dict = {
         "customers": customers,
         "days": days,

@@ -18,15 +18,13 @@ import pandas as pd
 from data_layer.event_store import event_count
 from data_layer.feature_pipeline import build_features
 from data_layer.settings import Settings
-from data_layer.synthetic import generate, write_generated
+from omniscore.pipeline import PipelineOptions, run_pipeline
 
 
 def run(customers: int, days: int, weeks: int, home: Path) -> dict:
     """Generate (unless the home already holds events), then time one full feature build."""
     settings = Settings.from_env(home)
-    if not settings.events_dir.exists() or event_count(settings) == 0:
-        settings.ensure_dirs()
-        write_generated(settings, generate(customers, days, seed=7))
+    run_pipeline(settings, "generate", PipelineOptions(customers=customers, days=days, seed=7))
     events = event_count(settings)
     began = time.perf_counter()
     end = pd.Timestamp("2026-06-29", tz="UTC")

@@ -59,22 +59,20 @@ def percentiles(seconds: list[float]) -> dict:
 
 
 def train_small_home(path: Path, customers: int, trials: int) -> Settings:
-    """Generate, build features, apply, materialize, train and promote the three models."""
-    from data_layer.feature_pipeline import build_features, default_snapshot_range
-    from data_layer.synthetic import generate, write_generated
-    from training.registry import promote
-    from training.train import train_model
+    """Run the pipeline up to promotion: every model trained and promoted past the gate."""
+    from omniscore.pipeline import PipelineOptions, run_pipeline
 
     settings = Settings.from_env(path)
-    settings.ensure_dirs()
-    write_generated(settings, generate(customers, 300, 11))
-    start, end = default_snapshot_range(settings, weeks=32)
-    build_features(settings, start, end)
-    apply(settings)
-    materialize(settings)
-    for model in ("propensity", "churn", "segments"):
-        train_model(settings, model, trials=trials, seed=3)
-        promote(settings, model, force=True, reason="serving benchmark")
+    options = PipelineOptions(
+        customers=customers,
+        days=300,
+        seed=11,
+        snapshot_weeks=32,
+        trials=trials,
+        train_seed=3,
+        promote_over_gate="serving benchmark",
+    )
+    run_pipeline(settings, "promote", options)
     return settings
 
 

@@ -25,24 +25,18 @@ from data_layer.settings import Settings
 SNAPSHOT_WEEKS = 40
 
 
-def prepare(settings: Settings, customers: int, days: int, seed: int) -> dict[str, float]:
-    """Generate, build features and apply Feast; returns seconds per step."""
-    from data_layer.feast_store import apply
-    from data_layer.feature_pipeline import build_features, default_snapshot_range
-    from data_layer.synthetic import generate, write_generated
+def prepare(
+    settings: Settings, customers: int, days: int, seed: int, rerun: bool = True
+) -> dict[str, float]:
+    """Run the pipeline's generate, features and apply stages (with ``rerun=False``, only
+    those whose output is missing); seconds per stage run."""
+    from omniscore.pipeline import PipelineOptions, run_pipeline
 
-    out = {}
-    started = time.perf_counter()
-    write_generated(settings, generate(customers, days, seed))
-    out["generate"] = time.perf_counter() - started
-    started = time.perf_counter()
-    start, end = default_snapshot_range(settings, weeks=SNAPSHOT_WEEKS)
-    build_features(settings, start, end)
-    out["features"] = time.perf_counter() - started
-    started = time.perf_counter()
-    apply(settings)
-    out["apply"] = time.perf_counter() - started
-    return out
+    options = PipelineOptions(
+        customers=customers, days=days, seed=seed, snapshot_weeks=SNAPSHOT_WEEKS
+    )
+    outcomes = run_pipeline(settings, "apply", options, rerun=rerun)
+    return {o.stage.name: o.seconds for o in outcomes if o.status == "ran"}
 
 
 def main() -> None:
@@ -60,10 +54,7 @@ def main() -> None:
     from training.train import MEMORY_STORAGE, train_model
 
     settings = Settings.from_env(args.home)
-    settings.ensure_dirs()
-    prep = {}
-    if not (args.reuse and (settings.features_dir / "transactions.parquet").exists()):
-        prep = prepare(settings, args.customers, args.days, args.seed)
+    prep = prepare(settings, args.customers, args.days, args.seed, rerun=not args.reuse)
     results = {"customers": args.customers, "trials": args.trials, "prepare": prep, "models": {}}
     results["lgbm_threads"] = os.environ.get("OMNISCORE_LGBM_THREADS", "2")
     total = time.perf_counter()

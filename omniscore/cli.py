@@ -7,6 +7,7 @@ Heavy modules are imported inside each command to keep ``--help`` fast.
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from data_layer.settings import Settings
+from omniscore.pipeline import STAGE_NAMES, PipelineOptions
 
 app = typer.Typer(
     help="OmniScore: omnichannel propensity, churn and segments on Feast, MLflow and BentoML.",
@@ -40,16 +42,63 @@ HomeOption = Annotated[
 
 
 def _settings(home: Path | None) -> Settings:
-    settings = Settings.from_env(home)
+    try:
+        settings = Settings.from_env(home)
+    except ValueError as error:
+        _fail(str(error))
     # Child processes (Feast's yaml, the serving subprocess) read the same home.
     os.environ["OMNISCORE_HOME"] = str(settings.home)
     # MLflow draws a progress bar per artifact download, which buries the command's output.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    _library_output_to_log(settings)
     return settings
 
 
+LOG_NAME = "omniscore.log"
+
+
+def log_file(settings: Settings) -> Path:
+    """The file that receives library warnings and logging: ``$OMNISCORE_HOME/logs/``."""
+    return settings.home / "logs" / LOG_NAME
+
+
+def _library_output_to_log(settings: Settings) -> None:
+    """Send Python warnings and library logging to :func:`log_file`.
+
+    Third-party warnings (ibis, Optuna, LightGBM, SQLAlchemy) and library log lines would
+    otherwise interleave with the command's own output. Every command calls this once it
+    knows its home.
+    """
+    log_path = log_file(settings)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    # One log per process: a command run in-process again (tests) moves it to its home.
+    for old in [h for h in root.handlers if h.get_name() == LOG_NAME]:
+        root.removeHandler(old)
+        old.close()
+    handler = logging.FileHandler(log_path, encoding="utf-8")
+    handler.set_name(LOG_NAME)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    # Warnings that pass the filters go to the log rather than onto stderr.
+    logging.captureWarnings(True)
+    # MLflow gives its loggers a stderr handler on import unless told not to; unconfigured,
+    # they propagate to the file above. Optuna's handler is moved when training starts.
+    os.environ["MLFLOW_CONFIGURE_LOGGING"] = "false"
+
+
+def _optuna_output_to_log() -> None:
+    """Optuna logs through its own stderr handler: hand its records to the root logger."""
+    import optuna
+
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+
+
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    # One line, however narrow the terminal, so that scripts and people read it alike.
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -463,9 +512,15 @@ def serve(
     home: HomeOption = None,
 ) -> None:
     """Serve POST /score with the champion models on the embedded stores (BentoML)."""
+    from serving.config import ServeConfigError
     from serving.launcher import serve as run_server
+    from serving.launcher import server_env
 
     settings = _settings(home)
+    try:
+        server_env(settings)
+    except ServeConfigError as error:
+        _fail(str(error))
     console.print(f"serving on http://{host}:{port} (OpenAPI at /docs); Ctrl-C stops")
     raise typer.Exit(code=run_server(settings, host=host, port=port))
 
@@ -519,73 +574,86 @@ def doctor(home: HomeOption = None) -> None:
         _fail("some components do not answer (see above)")
 
 
-# --- demo ---------------------------------------------------------------------------------
+# --- the pipeline and the demo -----------------------------------------------------------
 
 
-@app.command()
-def demo(
-    customers: Annotated[int, typer.Option(help="Customers to simulate.")] = 3000,
-    days: Annotated[int, typer.Option(help="Days of history.")] = 365,
-    trials: Annotated[int, typer.Option(help="Optuna trials per model.")] = 6,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
-    home: HomeOption = None,
-) -> None:
-    """Run the main job on the embedded stores: generate, features, train, promote, score."""
-    from data_layer.feast_store import apply, materialize
-    from data_layer.feature_pipeline import build_features
-    from data_layer.synthetic import generate as simulate
-    from data_layer.synthetic import write_generated
-    from training.registry import promote as promote_model
+class _StageDisplay:
+    """Shows each pipeline stage as it runs (a spinner, or progress bars while training)
+    and prints its result when it ends; an ``on_stage`` callback of ``run_pipeline``."""
 
-    settings = _settings(home)
-    settings.ensure_dirs()
-    console.rule(f"OmniScore demo in {settings.home}")
-    with console.status(f"generating {customers:,} customers × {days} days"):
-        counts = write_generated(settings, simulate(customers, days, seed))
+    def __init__(self) -> None:
+        self._live = None
+        self._bars = None
+        self._tasks: dict[str, object] = {}
+
+    def __call__(self, outcome) -> None:
+        if outcome.status == "skipped":
+            console.print(f"[dim]· {outcome.stage.name}: already done, skipped[/]")
+        elif outcome.status == "running":
+            self._start(outcome.stage)
+        else:
+            self.close()
+            _STAGE_PRINTERS[outcome.stage.name](outcome.result)
+
+    def _start(self, stage) -> None:
+        if stage.name == "train":
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            _optuna_output_to_log()
+            self._bars = Progress(
+                TextColumn("[bold]{task.fields[model]:<10}[/] {task.description:<10}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                console=console,
+            )
+            self._bars.start()
+        else:
+            self._live = console.status(stage.description)
+            self._live.start()
+
+    def train_progress(self, model: str, step: str, done: int, total: int) -> None:
+        """Training progress of one model, as ``PipelineOptions.train_progress`` reports it."""
+        if self._bars is None:
+            return
+        if model not in self._tasks:
+            self._tasks[model] = self._bars.add_task("starting", total=None, model=model)
+        self._bars.update(self._tasks[model], description=step, completed=done, total=total or None)
+
+    def close(self) -> None:
+        """Stop whatever live display is running (also after a stage failed)."""
+        for live in (self._live, self._bars):
+            if live is not None:
+                live.stop()
+        self._live = self._bars = None
+
+
+def _print_generated(counts: dict) -> None:
     console.print(
         f"[green]✓[/] generated {counts['events']:,} events for {counts['customers']:,} customers"
     )
-    with console.status("building point-in-time feature snapshots"):
-        build = build_features(settings)
+
+
+def _print_build(build) -> None:
     console.print(
         f"[green]✓[/] {build.rows:,} snapshot rows, {len(build.snapshots)} weekly snapshots "
         f"({build.snapshots[0].date()} … {build.snapshots[-1].date()}) in {build.seconds:.1f} s"
     )
-    with console.status("feast apply"):
-        summary = apply(settings)
+
+
+def _print_apply(summary) -> None:
     console.print(
         f"[green]✓[/] feast apply: {len(summary.feature_views)} feature views, services "
         f"{', '.join(summary.feature_services)}"
     )
-    with console.status("feast materialize"):
-        report = materialize(settings)
-    _print_materialize(report)
-    results = _train_with_progress(settings, list(MODELS), trials, seed)
-    _print_results(results)
-    decisions = [promote_model(settings, model) for model in MODELS]
-    _print_decisions(decisions)
-    _score_through_service(settings, ["C000001", "C000002", "C999999"])
-    console.rule("next")
-    console.print(
-        f"MLflow UI:        .venv/bin/mlflow ui --backend-store-uri {settings.tracking_uri}\n"
-        f"Optuna dashboard: .venv/bin/optuna-dashboard {settings.optuna_storage_url}"
+
+
+def _print_scores(check) -> None:
+    table = Table(
+        title=f"POST {check.url}/score (the service has stopped again)", title_justify="left"
     )
-
-
-def _score_through_service(settings: Settings, customer_ids: list[str]) -> None:
-    """Start the BentoML service on a free loopback port and score a few customers over HTTP."""
-    from serving.launcher import start_server
-
-    with (
-        console.status("starting the BentoML service and scoring over HTTP"),
-        start_server(settings) as server,
-    ):
-        answer = server.score(customer_ids, explain=False)
-        url = server.url
-    table = Table(title=f"POST {url}/score (the service has stopped again)", title_justify="left")
     for column in ("customer", "known", "propensity", "churn", "segment"):
         table.add_column(column)
-    for row in answer["scores"]:
+    for row in check.answer["scores"]:
         table.add_row(
             row["customer_id"],
             str(row["known"]),
@@ -594,6 +662,114 @@ def _score_through_service(settings: Settings, customer_ids: list[str]) -> None:
             f"{row['segment']['id']}: {row['segment']['name']}",
         )
     console.print(table)
+
+
+_STAGE_PRINTERS = {
+    "generate": _print_generated,
+    "features": _print_build,
+    "apply": _print_apply,
+    "materialize": _print_materialize,
+    "train": _print_results,
+    "promote": _print_decisions,
+    "serve": _print_scores,
+}
+"""How the demo and ``omniscore pipeline`` print each stage's result."""
+
+
+def _run_stages(settings: Settings, options, until: str, first: str, rerun: bool) -> None:
+    """Run the pipeline with a live display; data that cannot support a model, or a serving
+    setting that cannot work, ends the command with one line."""
+    from dataclasses import replace
+
+    from omniscore.pipeline import run_pipeline, select_stages
+    from serving.config import ServeConfigError
+    from training.datasets import IneligibleError
+
+    try:
+        select_stages(first, until)
+    except ValueError as error:
+        _fail(str(error))
+    display = _StageDisplay()
+    options = replace(options, train_progress=display.train_progress)
+    try:
+        try:
+            run_pipeline(settings, until, options, display, first=first, rerun=rerun)
+        finally:
+            display.close()
+    except (IneligibleError, ServeConfigError) as error:
+        _fail(str(error))
+
+
+RerunOption = Annotated[
+    bool, typer.Option(help="Run every stage, even those whose output the home already holds.")
+]
+
+
+@app.command()
+def pipeline(
+    until: Annotated[str, typer.Option(help=f"Last stage to run: {', '.join(STAGE_NAMES)}.")] = (
+        "promote"
+    ),
+    first: Annotated[str, typer.Option("--from", help="First stage to run.")] = STAGE_NAMES[0],
+    rerun: RerunOption = False,
+    customers: Annotated[
+        int, typer.Option(help="Customers to simulate.")
+    ] = PipelineOptions.customers,
+    days: Annotated[int, typer.Option(help="Days of history.")] = PipelineOptions.days,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the world and of training.")
+    ] = PipelineOptions.seed,
+    snapshot_weeks: Annotated[
+        int | None, typer.Option(min=3, help="Weekly snapshots to build (default 40).")
+    ] = None,
+    trials: Annotated[int, typer.Option(help="Optuna trials per model.")] = PipelineOptions.trials,
+    min_class: Annotated[
+        int | None, typer.Option(help="Refuse to train with fewer examples of either class.")
+    ] = None,
+    home: HomeOption = None,
+) -> None:
+    """Run the stages in order, skipping those already done: generate, features, apply,
+    materialize, train, promote, serve (score a few customers over HTTP)."""
+    settings = _settings(home)
+    options = PipelineOptions(
+        customers=customers,
+        days=days,
+        seed=seed,
+        snapshot_weeks=snapshot_weeks,
+        trials=trials,
+        min_class=min_class,
+    )
+    _run_stages(settings, options, until, first, rerun)
+    console.print(f"library warnings and logs: {log_file(settings)}", soft_wrap=True)
+
+
+@app.command()
+def demo(
+    customers: Annotated[
+        int, typer.Option(help="Customers to simulate.")
+    ] = PipelineOptions.customers,
+    days: Annotated[int, typer.Option(help="Days of history.")] = PipelineOptions.days,
+    trials: Annotated[int, typer.Option(help="Optuna trials per model.")] = PipelineOptions.trials,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = PipelineOptions.seed,
+    rerun: RerunOption = False,
+    home: HomeOption = None,
+) -> None:
+    """Run the main job on the embedded stores: generate, features, train, promote, score.
+
+    The whole pipeline (``omniscore pipeline --until serve``); stages whose output the home
+    already holds are skipped unless ``--rerun``."""
+    settings = _settings(home)
+    console.rule(f"OmniScore demo in {settings.home}")
+    options = PipelineOptions(customers=customers, days=days, seed=seed, trials=trials)
+    _run_stages(settings, options, STAGE_NAMES[-1], STAGE_NAMES[0], rerun)
+    console.rule("next")
+    console.print(
+        f"MLflow UI:        .venv/bin/mlflow ui --backend-store-uri {settings.tracking_uri}\n"
+        f"Optuna dashboard: .venv/bin/optuna-dashboard {settings.optuna_storage_url}\n"
+        f"Library warnings and logs: {log_file(settings)}",
+        # Commands and paths stay whole on one line, to be copied.
+        soft_wrap=True,
+    )
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

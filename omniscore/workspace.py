@@ -1,9 +1,9 @@
 """A ready-to-explore home for the notebooks: build what is missing, reuse what is there.
 
 Each notebook under ``notebooks/`` starts with :func:`ensure_home`. On an empty
-``$OMNISCORE_HOME`` it runs the stages of ``omniscore demo`` at a small size (generate,
-features build, feast apply, materialize, train with few trials, promote through the gate);
-on a home that already holds them it only reports what it found. A notebook therefore runs
+``$OMNISCORE_HOME`` it runs the pipeline of ``omniscore demo`` (:mod:`omniscore.pipeline`)
+at a small size, up to promotion through the gate; on a home that already holds every
+stage's output it only reports what it found. A notebook therefore runs
 on a fresh machine, re-runs in seconds, and the test suite can hand all three notebooks one
 shared home. The size comes from ``OMNISCORE_NB_*`` variables (:class:`WorkspaceSize`).
 """
@@ -17,9 +17,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from data_layer.settings import DEFAULT_HOME, Settings
-from feature_repo.catalog import VIEWS
+from omniscore.pipeline import (
+    PipelineOptions,
+    StageOutcome,
+    champions,
+    model_names,
+    run_pipeline,
+)
 
-MODELS: tuple[str, ...] = ("propensity", "churn", "segments")
 ENV_PREFIX = "OMNISCORE_NB_"
 
 
@@ -80,8 +85,8 @@ class HomeReport:
 
     home: Path
     built: list[str] = field(default_factory=list)
-    """Stages run, in order (``generate``, ``features``, ``apply``, ``materialize``,
-    ``train <model>``, ``promote <model>``); empty when the home was complete."""
+    """Pipeline stages run, in order (``generate``, ``features``, ``apply``, ``materialize``,
+    ``train``, ``promote``); empty when the home was complete."""
     champions: dict[str, str | None] = field(default_factory=dict)
     """Champion version of each requested model (None when the gate refused it)."""
     seconds: float = 0.0
@@ -97,84 +102,47 @@ class HomeReport:
         return line
 
 
-def _snapshots_exist(settings: Settings) -> bool:
-    from feature_repo.data_sources import snapshot_path
-
-    return all(snapshot_path(settings.features_dir, view).exists() for view in VIEWS)
-
-
-def _registry_exists(settings: Settings) -> bool:
-    path = settings.feast_registry_path
-    # A SQL registry cannot be checked by a file: apply is idempotent, so apply again.
-    return "://" not in path and Path(path).exists()
-
-
-def _online_store_exists(settings: Settings) -> bool:
-    return settings.online_store == "sqlite" and settings.online_store_path.exists()
-
-
 def ensure_home(
     settings: Settings,
     size: WorkspaceSize | None = None,
-    models: Sequence[str] = MODELS,
+    models: Sequence[str] | None = None,
     log: Callable[[str], None] = print,
 ) -> HomeReport:
     """Build whatever the home lacks for the notebooks, then say what is there.
 
-    Stages run only when their output is missing: ``generate`` (no events), ``features``
-    (no snapshot files; the default 40 weekly snapshots), ``apply`` (no Feast registry),
-    ``materialize`` (no online store, or new snapshots), then for each of ``models`` with no
-    registered version ``train`` (``size.trials`` trials, ``size.min_class``) and, for a model
-    without a champion, ``promote`` through the normal gate. ``size`` defaults to
+    Runs the pipeline (:func:`omniscore.pipeline.run_pipeline`) up to ``promote``, or up to
+    ``materialize`` when no model is asked for, so a stage runs only when its output is
+    missing or an earlier stage ran: ``generate`` (no events; ``size`` customers, days and
+    seed), ``features`` (no snapshot files; the default 40 weekly snapshots), ``apply``,
+    ``materialize``, ``train`` (a model of ``models`` without a registered version;
+    ``size.trials`` trials and ``size.min_class``) and ``promote`` through the normal gate
+    (a model without a champion). ``models`` defaults to every model, ``size`` to
     :meth:`WorkspaceSize.from_env`. Returns a :class:`HomeReport`.
     """
-    from data_layer.event_store import event_files
-    from data_layer.feast_store import apply, materialize
-    from data_layer.feature_pipeline import build_features
-    from data_layer.synthetic import generate, write_generated
-    from training.registry import describe, promote
-    from training.train import train_model
-
-    unknown = sorted(set(models) - set(MODELS))
-    if unknown:
-        raise ValueError(f"unknown models {unknown}; choose among {MODELS}")
     size = size or WorkspaceSize.from_env()
+    options = PipelineOptions(
+        customers=size.customers,
+        days=size.days,
+        seed=size.seed,
+        models=None if models is None else tuple(models),
+        trials=size.trials,
+        min_class=size.min_class,
+    )
     started = time.perf_counter()
     report = HomeReport(home=settings.home)
 
-    def stage(name: str) -> None:
-        report.built.append(name)
-        log(f"[{time.perf_counter() - started:6.1f} s] {name}")
+    def on_stage(outcome: StageOutcome) -> None:
+        if outcome.status == "running":
+            report.built.append(outcome.stage.name)
+            log(f"[{time.perf_counter() - started:6.1f} s] {outcome.stage.description}")
+        elif outcome.status == "ran" and outcome.stage.name == "promote":
+            for decision in outcome.result:
+                if not decision.promoted:
+                    log(f"  {decision.model_name}: the gate kept no champion: {decision.reason}")
 
-    settings.ensure_dirs()
-    if not event_files(settings):
-        stage(f"generate ({size.customers} customers, {size.days} days, seed {size.seed})")
-        write_generated(settings, generate(size.customers, size.days, size.seed))
-    fresh_features = not _snapshots_exist(settings)
-    if fresh_features:
-        stage("features")
-        build_features(settings)
-    if fresh_features or not _registry_exists(settings):
-        stage("apply")
-        apply(settings)
-    if fresh_features or not _online_store_exists(settings):
-        stage("materialize")
-        materialize(settings)
-    for model in models:
-        state = describe(settings, model)
-        if not state["versions"]:
-            stage(f"train {model} ({size.trials} trials)")
-            train_model(
-                settings, model, trials=size.trials, seed=size.seed, min_class=size.min_class
-            )
-            state = describe(settings, model)
-        if state["champion"] is None:
-            stage(f"promote {model}")
-            decision = promote(settings, model)
-            if not decision.promoted:
-                log(f"  {model}: the gate kept no champion: {decision.reason}")
-            state = describe(settings, model)
-        report.champions[model] = state["champion"]
+    wanted = model_names(options)
+    run_pipeline(settings, "promote" if wanted else "materialize", options, on_stage)
+    report.champions = champions(settings, wanted)
     report.seconds = time.perf_counter() - started
     log(report.summary())
     return report

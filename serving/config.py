@@ -30,6 +30,13 @@ PINNED_MODELS_FILE = Path(__file__).resolve().parent / "pinned_models.json"
 """Written by :func:`serving.bento.build_bento` into the Bento: the versions it serves."""
 
 
+class ServeConfigError(ValueError):
+    """A serving setting that cannot work; the message names its variable and what is wrong.
+
+    The command line prints it as one line and exits non-zero.
+    """
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     """How the scoring service behaves.
@@ -70,7 +77,9 @@ class ServeConfig:
             try:
                 return cast(raw.strip())
             except ValueError as exc:
-                raise ValueError(f"{ENV[field]}={raw!r} is not a valid {cast.__name__}") from exc
+                raise ServeConfigError(
+                    f"{ENV[field]}={raw!r} is not a valid {cast.__name__}"
+                ) from exc
 
         pinned = get("pinned_models", str)
         if pinned is None and PINNED_MODELS_FILE.exists():
@@ -90,16 +99,25 @@ class ServeConfig:
         return config
 
     def validate(self) -> None:
-        """Raise ``ValueError`` on a setting that cannot work."""
-        if self.max_ids < 1:
-            raise ValueError("max_ids must be at least 1")
-        if self.max_body_bytes < 1024:
-            raise ValueError("max_body_bytes must be at least 1024")
-        if self.timeout <= 0 or self.max_concurrency < 1 or self.threads < 1:
-            raise ValueError("timeout, max_concurrency and threads must be positive")
-        if self.reload_interval < 0:
-            raise ValueError("reload_interval must be 0 (off) or positive")
-        if self.online_read not in ("auto", "direct", "feast"):
-            raise ValueError("online_read must be auto, direct or feast")
-        if self.api_key is not None and len(self.api_key) < 16:
-            raise ValueError("OMNISCORE_API_KEY must be at least 16 characters")
+        """Raise :class:`ServeConfigError` on a setting that cannot work."""
+        problems = (
+            (self.max_ids < 1, "max_ids", "must be at least 1"),
+            (self.max_body_bytes < 1024, "max_body_bytes", "must be at least 1024"),
+            (self.timeout <= 0, "timeout", "must be positive"),
+            (self.max_concurrency < 1, "max_concurrency", "must be positive"),
+            (self.threads < 1, "threads", "must be positive"),
+            (self.reload_interval < 0, "reload_interval", "must be 0 (off) or positive"),
+            (
+                self.online_read not in ("auto", "direct", "feast"),
+                "online_read",
+                "must be auto, direct or feast",
+            ),
+            (
+                self.api_key is not None and len(self.api_key) < 16,
+                "api_key",
+                "must be at least 16 characters",
+            ),
+        )
+        for wrong, field, rule in problems:
+            if wrong:
+                raise ServeConfigError(f"{ENV[field]} ({field}) {rule}")

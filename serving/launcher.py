@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_layer.settings import Settings
-from serving.config import DEFAULT_HOST, DEFAULT_PORT, ENV
+from serving.config import DEFAULT_HOST, DEFAULT_PORT, ENV, ServeConfig
 
 SERVICE = "serving.service:OmniScore"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -49,7 +49,9 @@ def server_env(
     """Environment of the server process: the home, its backends and serving options.
 
     ``options`` maps :class:`~serving.config.ServeConfig` field names (``max_ids``,
-    ``reload_interval``, ...) to values. BentoML's usage tracking is turned off.
+    ``reload_interval``, ...) to values. BentoML's usage tracking is turned off. A serving
+    setting that cannot work raises :class:`~serving.config.ServeConfigError` here, before
+    any server process starts.
     """
     env = dict(os.environ if base is None else base)
     env["OMNISCORE_HOME"] = str(settings.home)
@@ -70,6 +72,7 @@ def server_env(
     # OmniScore home gets its own unless BENTOML_HOME is set explicitly.
     env.setdefault("BENTOML_HOME", str(settings.home / "bentoml"))
     env.setdefault("PYTHONPATH", str(REPO_ROOT))
+    ServeConfig.from_env(env)
     return env
 
 
