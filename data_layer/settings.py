@@ -38,6 +38,7 @@ ENV_VARS: dict[str, str] = {
     "serving_url": "OMNISCORE_SERVING_URL",
     "optuna_heartbeat_seconds": "OMNISCORE_OPTUNA_HEARTBEAT_SECONDS",
     "optuna_grace_seconds": "OMNISCORE_OPTUNA_GRACE_SECONDS",
+    "lgbm_threads": "OMNISCORE_LGBM_THREADS",
     "future_tolerance_seconds": "OMNISCORE_FUTURE_TOLERANCE_SECONDS",
     "stream_name": "OMNISCORE_STREAM",
     "stream_redis": "OMNISCORE_STREAM_REDIS",
@@ -45,12 +46,15 @@ ENV_VARS: dict[str, str] = {
 """Environment variable of each backend setting; a set variable wins over the profile."""
 OPTUNA_HEARTBEAT_SECONDS = 30
 OPTUNA_GRACE_SECONDS = 90
+DEFAULT_LGBM_THREADS = 2
+"""LightGBM threads per process when ``lgbm_threads`` is not set (the benchmark machine's
+cores)."""
 FUTURE_TOLERANCE_SECONDS = 300
 STREAM_NAME = "omniscore:events"
 _INT_SETTINGS = frozenset(
-    {"optuna_heartbeat_seconds", "optuna_grace_seconds", "future_tolerance_seconds"}
+    {"optuna_heartbeat_seconds", "optuna_grace_seconds", "future_tolerance_seconds", "lgbm_threads"}
 )
-"""Settings that are whole numbers (seconds); the profile may write them as TOML integers."""
+"""Settings that are whole numbers; the profile may write them as TOML integers."""
 _DEFAULTS = {"online_store": "sqlite", "offline_store": "duckdb", "feast_project": "omniscore"}
 OFFLINE_STORES = ("duckdb", "file")
 """Feast offline stores over the Parquet snapshots: ``duckdb`` (Feast's DuckDB store, SQL
@@ -126,8 +130,9 @@ def _whole_number(key: str, text: str) -> int:
     try:
         return int(text.strip())
     except ValueError:
+        unit = "" if key == "lgbm_threads" else " of seconds"
         raise ValueError(
-            f"{key} ({ENV_VARS[key]}) must be a whole number of seconds, got {text!r}"
+            f"{key} ({ENV_VARS[key]}) must be a whole number{unit}, got {text!r}"
         ) from None
 
 
@@ -161,6 +166,11 @@ class Settings:
     stream_redis: str | None = None
     """Redis URL of that stream (``redis://host:port/db``); default: the online store's
     Redis when it is one."""
+    lgbm_threads: int | None = None
+    """LightGBM threads of each training or tuning process (``OMNISCORE_LGBM_THREADS``).
+    Unset: :data:`DEFAULT_LGBM_THREADS`, and ``train --workers N`` splits the cores between
+    its processes. On cores busy with other work one thread is often faster, as OpenMP
+    threads wait on each other."""
     profile: Path | None = None
     """The profile file these settings were read from, if any."""
 
@@ -187,6 +197,16 @@ class Settings:
                 f"greater than optuna_heartbeat_seconds = {beat}: a live worker's trial would "
                 "be failed between two of its heartbeats"
             )
+        if self.lgbm_threads is not None and self.lgbm_threads < 1:
+            raise ValueError(
+                f"lgbm_threads ({ENV_VARS['lgbm_threads']}) must be at least 1, "
+                f"got {self.lgbm_threads}"
+            )
+
+    @property
+    def lgbm_thread_count(self) -> int:
+        """LightGBM threads this process uses: ``lgbm_threads`` or the default (2)."""
+        return self.lgbm_threads or DEFAULT_LGBM_THREADS
 
     @classmethod
     def from_env(

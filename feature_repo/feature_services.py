@@ -1,7 +1,9 @@
-"""Feast feature services: versioned model contracts.
+"""Feast feature services: versioned feature contracts.
 
 Training and serving fetch features by service name, so a model is tied to one service
 version; changing a service's features means a new ``_vN`` name, never an edit in place.
+Which model reads which service is said once, in the model contract
+(``training/contract.py``); the Feast repository names no model.
 """
 
 from __future__ import annotations
@@ -10,13 +12,6 @@ from feast import FeatureService, FeatureView
 
 from feature_repo.catalog import FEATURE_SERVICES, service_features
 from feature_repo.entities import OWNER
-
-MODELS: dict[str, str] = {
-    "propensity_v1": "omniscore-propensity",
-    "churn_v1": "omniscore-churn",
-    "segments_v1": "omniscore-segments",
-}
-"""The registered model each service feeds."""
 
 
 def build_feature_service(name: str, views: dict[str, FeatureView]) -> FeatureService:
@@ -34,7 +29,7 @@ def build_feature_service(name: str, views: dict[str, FeatureView]) -> FeatureSe
         features=projections,
         description=FEATURE_SERVICES[name],
         owner=OWNER,
-        tags={"model": MODELS[name], "contract": name.rsplit("_", 1)[-1]},
+        tags={"contract": name.rsplit("_", 1)[-1]},
     )
 
 

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from data_layer.settings import Settings
 from omniscore.pipeline import STAGE_NAMES, PipelineOptions
+from training.contract import MODEL_NAMES
 
 app = typer.Typer(
     help="OmniScore: omnichannel propensity, churn and segments on Feast, MLflow and BentoML.",
@@ -269,14 +270,16 @@ def _print_materialize(report) -> None:
 
 # --- training and the registry -------------------------------------------------------------
 
-MODELS = ("propensity", "churn", "segments")
+MODELS = MODEL_NAMES
+"""The models of the contract (``training/contract.py``), the choices of every command."""
+MODEL_CHOICES = ", ".join(MODELS)
 
 
-def _models(model: str) -> list[str]:
-    if model == "all":
+def _models(model: str, allow_all: bool = True) -> list[str]:
+    if allow_all and model == "all":
         return list(MODELS)
     if model not in MODELS:
-        _fail(f"unknown model {model!r}: choose propensity, churn, segments or all")
+        _fail(f"unknown model {model!r}: choose {MODEL_CHOICES}{' or all' if allow_all else ''}")
     return [model]
 
 
@@ -341,10 +344,15 @@ CutoffsOption = Annotated[
 ]
 
 
-def _data_options(min_class: int, churn_lookback_days: int | None, cutoffs: int | None) -> dict:
+def _data_options(
+    horizon_days: int | None, min_class: int, churn_lookback_days: int | None, cutoffs: int | None
+) -> dict:
     """The data options given on the command line, in ``train_model``'s names; unset ones
-    are left out, so the library defaults (and the study name they decide) apply."""
+    are left out, so the library defaults (and the study name they decide) apply. ``train``
+    and ``tune-worker`` both parse them here, so a worker joins the study of its job."""
     data: dict[str, int] = {}
+    if horizon_days is not None:
+        data["horizon_days"] = horizon_days
     if min_class != 100:
         data["min_class"] = min_class
     if churn_lookback_days is not None:
@@ -356,7 +364,7 @@ def _data_options(min_class: int, churn_lookback_days: int | None, cutoffs: int 
 
 @app.command()
 def train(
-    model: Annotated[str, typer.Argument(help="propensity, churn, segments or all.")],
+    model: Annotated[str, typer.Argument(help=f"{MODEL_CHOICES} or all.")],
     trials: Annotated[int, typer.Option(help="Optuna trials per model.")] = 20,
     seed: Annotated[int, typer.Option(help="Seed for sampling, splits and models.")] = 42,
     horizon_days: Annotated[
@@ -378,8 +386,10 @@ def train(
     """Tune with Optuna, train, evaluate, log to MLflow and register as challenger."""
     settings = _settings(home)
     settings.ensure_dirs()
-    kw = {"horizon_days": horizon_days, "storage_url": storage}
-    kw.update(_data_options(min_class, churn_lookback_days, cutoffs))
+    kw = {
+        "storage_url": storage,
+        **_data_options(horizon_days, min_class, churn_lookback_days, cutoffs),
+    }
     if workers > 1:
         from training.distributed import train_with_workers
 
@@ -403,7 +413,7 @@ def train(
     ),
 )
 def tune_worker(
-    model: Annotated[str, typer.Argument(help="propensity, churn or segments.")],
+    model: Annotated[str, typer.Argument(help=f"{MODEL_CHOICES}.")],
     trials: Annotated[
         int, typer.Option(help="Finished trials the study needs (as given to train).")
     ] = 20,
@@ -423,16 +433,13 @@ def tune_worker(
     from data_layer.settings import redact
     from training.distributed import run_workers, shared_storage
 
-    if model not in MODELS:
-        _fail(f"unknown model {model!r}: choose propensity, churn or segments")
+    _models(model, allow_all=False)
     settings = _settings(home)
     try:
         url = shared_storage(settings, None)
     except ValueError as error:
         _fail(str(error))
-    data = _data_options(min_class, churn_lookback_days, cutoffs)
-    if horizon_days is not None:
-        data["horizon_days"] = horizon_days
+    data = _data_options(horizon_days, min_class, churn_lookback_days, cutoffs)
     console.print(
         f"joining the {model} study at {redact(url)} with {workers} process(es), "
         f"until it holds {trials} finished trials"
@@ -449,7 +456,7 @@ def tune_worker(
 
 @app.command()
 def promote(
-    model: Annotated[str, typer.Argument(help="propensity, churn, segments or all.")],
+    model: Annotated[str, typer.Argument(help=f"{MODEL_CHOICES} or all.")],
     force: Annotated[bool, typer.Option(help="Override the gate (needs --reason).")] = False,
     reason: Annotated[str | None, typer.Option(help="Why the gate is overridden.")] = None,
     home: HomeOption = None,
@@ -485,7 +492,7 @@ def _print_decisions(decisions) -> None:
 
 @app.command()
 def rollback(
-    model: Annotated[str, typer.Argument(help="propensity, churn or segments.")],
+    model: Annotated[str, typer.Argument(help=f"{MODEL_CHOICES} or all.")],
     home: HomeOption = None,
 ) -> None:
     """Restore the previous champion."""

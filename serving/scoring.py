@@ -25,10 +25,12 @@ import pyarrow as pa
 
 from feature_repo.catalog import FEATURES_BY_NAME
 from serving.online import MISSING_TIMESTAMP, FeatureBatch, FeatureLayout
-from training.model_io import MODEL_NAMES, LoadedModel
+from training.contract import CLASSIFIERS, CLUSTERINGS, MODEL_NAMES, registered_name
+from training.model_io import LoadedModel
 
-CLASSIFIERS: tuple[str, ...] = ("propensity", "churn")
-MODELS: tuple[str, ...] = (*CLASSIFIERS, "segments")
+MODELS: tuple[str, ...] = MODEL_NAMES
+"""Every model a request is scored with: the classifiers and one segmentation."""
+(SEGMENTS,) = CLUSTERINGS
 TOP_REASONS = 5
 PARALLEL_ROWS = 2000
 """Rows from which LightGBM predicts on two threads: waking OpenMP threads costs more than a
@@ -164,20 +166,20 @@ class ModelSet:
     def versions(self) -> dict[str, str]:
         """Registered version of each model (``propensity``, ``churn``, ``segments``)."""
         out = {m: p.model.version for m, p in self.classifiers.items()}
-        out["segments"] = self.segments.model.version
+        out[SEGMENTS] = self.segments.model.version
         return out
 
     def models(self) -> dict[str, LoadedModel]:
         """The loaded models by short name."""
         out = {m: p.model for m, p in self.classifiers.items()}
-        out["segments"] = self.segments.model
+        out[SEGMENTS] = self.segments.model
         return out
 
     @property
     def feature_services(self) -> dict[str, str]:
         """Feast feature service each model was trained on (from its version tags)."""
         out = {m: p.model.feature_service for m, p in self.classifiers.items()}
-        out["segments"] = self.segments.model.feature_service
+        out[SEGMENTS] = self.segments.model.feature_service
         return out
 
     @classmethod
@@ -189,7 +191,7 @@ class ModelSet:
         return cls(
             layout=layout,
             classifiers={m: ClassifierPlan.build(models[m], layout) for m in CLASSIFIERS},
-            segments=SegmentPlan.build(models["segments"], layout),
+            segments=SegmentPlan.build(models[SEGMENTS], layout),
         )
 
 
@@ -207,7 +209,7 @@ def load_model_set(
     current = reuse.models() if reuse else {}
     loaded: dict[str, LoadedModel] = {}
     for short in MODELS:
-        name = MODEL_NAMES[short]
+        name = registered_name(short)
         wanted = (versions or {}).get(short)
         version = str(wanted) if wanted is not None else _alias_version(settings, name)
         if short in current and current[short].version == version:
@@ -235,7 +237,7 @@ def champion_versions(settings) -> dict[str, str]:
 
     client = registry_client(settings)
     return {
-        short: str(client.get_model_version_by_alias(MODEL_NAMES[short], "champion").version)
+        short: str(client.get_model_version_by_alias(registered_name(short), "champion").version)
         for short in MODELS
     }
 

@@ -16,13 +16,9 @@ from feature_repo.feature_views import TTLS
 from omniscore.doctor import backends, doctor, format_checks, scrub
 from training import tune
 from training.distributed import shared_storage, threads_per_worker, worker_kwargs
-from training.train import (
-    DATA_OPTIONS,
-    experiment_id,
-    run_tuning_worker,
-    train_model,
-    trial_heartbeat,
-)
+from training.runs import experiment_id
+from training.train import DATA_OPTIONS, run_tuning_worker, train_model
+from training.tune import trial_heartbeat
 
 PROFILE = """
 online_store = "redis://:${OMNISCORE_TEST_REDIS_PASSWORD}@cache.internal:6380/1"

@@ -15,7 +15,7 @@ import pytest
 from training_home import build_home
 
 from training.model_io import registry_client
-from training.train import launcher_tags
+from training.runs import launcher_tags
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

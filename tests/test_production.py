@@ -55,7 +55,8 @@ from training.registry import (
     register_package,
     rollback,
 )
-from training.train import experiment_id, run_tuning_worker, train_model
+from training.runs import experiment_id
+from training.train import run_tuning_worker, train_model
 
 pytestmark = pytest.mark.services
 

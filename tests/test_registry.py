@@ -16,6 +16,7 @@ import pytest
 from mlflow import MlflowClient
 from training_home import build_home
 
+from training.classifier_job import train_booster
 from training.datasets import build_training_set
 from training.model_io import (
     SERVICE_TAG,
@@ -26,7 +27,8 @@ from training.model_io import (
     write_classifier_dir,
 )
 from training.registry import GatePolicy, describe, promote, register_package, rollback
-from training.train import experiment_id, train_booster, train_model
+from training.runs import experiment_id
+from training.train import train_model
 from training.tune import base_params
 
 NAME = "omniscore-propensity"
@@ -51,7 +53,7 @@ def _register_shuffled_label_model(settings) -> str:
     x = encode_frame(fit, ts.feature_names, vocab)
     y = np.random.default_rng(0).permutation(fit["label"].to_numpy())
     cats = [ts.feature_names.index(n) for n in ts.categorical]
-    booster = train_booster(base_params(0), x, y, ts.feature_names, cats, 30)
+    booster = train_booster(base_params(0, threads=1), x, y, ts.feature_names, cats, 30)
     pkg = ClassifierPackage(booster, ts.feature_names, vocab, {"a": 1.0, "b": 0.0}, [], [], {})
     pkg.score_quantiles, pkg.band_thresholds, pkg.cold_start = population_stats(
         pkg.predict_proba(fit)

@@ -189,7 +189,7 @@ def test_optimize_counts_only_the_trials_this_process_ran(tmp_path):
 
 
 def test_tuning_sample_is_stratified_deterministic_and_whole_when_small():
-    from training.train import tuning_sample
+    from training.classifier_job import tuning_sample
 
     y = np.r_[np.zeros(9000, dtype=int), np.ones(1000, dtype=int)]
     sample = tuning_sample(y, limit=2000)
@@ -202,11 +202,11 @@ def test_tuning_sample_is_stratified_deterministic_and_whole_when_small():
 
 
 def test_churn_lookback_changes_only_the_churn_label():
-    from training.train import label_spec
+    from training.labels import label_spec
 
-    churn = label_spec("churn", churn_lookback_days=45)
+    churn = label_spec("churn", active_lookback_days=45)
     assert (churn.horizon_days, churn.active_lookback_days) == (60, 45)
     assert "[T-45d, T)" in churn.definition()
     # `train all --churn-lookback-days 45` must not shorten the history propensity needs.
-    assert label_spec("propensity", churn_lookback_days=45) == label_spec("propensity")
-    assert label_spec("propensity", horizon_days=21, churn_lookback_days=45).lookback_days == 90
+    assert label_spec("propensity", active_lookback_days=45) == label_spec("propensity")
+    assert label_spec("propensity", horizon_days=21, active_lookback_days=45).lookback_days == 90

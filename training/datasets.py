@@ -24,6 +24,7 @@ import pandas as pd
 from data_layer.schema import CHANNELS
 from data_layer.settings import Settings
 from feature_repo.catalog import CATEGORICAL_FEATURES, FEATURES_BY_NAME, service_features
+from training.contract import ACTIVE, CLUSTERING, CLUSTERINGS, contract
 from training.labels import LabelSpec, label_frame, observed_range, population_frame
 
 DEFAULT_CUTOFFS = 6
@@ -229,9 +230,12 @@ def build_training_set(
     min_class: int = DEFAULT_MIN_CLASS,
     train_step_days: int = DEFAULT_TRAIN_STEP_DAYS,
 ) -> TrainingSet:
-    """Plan cutoffs, label rows, check eligibility, fetch features from Feast."""
+    """Plan cutoffs, label rows, check eligibility, fetch features from Feast.
+
+    ``spec`` and ``feature_service`` default to the model's contract.
+    """
     spec = spec or LabelSpec.default(model)
-    service = feature_service or f"{model}_v1"
+    service = feature_service or contract(model).feature_service
     start, end = observed_range(settings)
     plan = plan_cutoffs(
         snapshot_cutoffs(settings),
@@ -272,12 +276,19 @@ def latest_complete_cutoff(settings: Settings, spec: LabelSpec) -> pd.Timestamp:
 
 def segment_frame(
     settings: Settings,
-    feature_service: str = "segments_v1",
+    feature_service: str | None = None,
     cutoff: pd.Timestamp | None = None,
-    active_lookback_days: int = 90,
+    active_lookback_days: int | None = None,
+    model: str = CLUSTERINGS[0],
 ) -> tuple[pd.DataFrame, pd.Timestamp]:
     """Features of the customers active in the ``active_lookback_days`` before a cutoff
-    (default: the latest snapshot), for learning or evaluating segments."""
+    (default: the latest snapshot), for learning or evaluating segments.
+
+    The feature service and the lookback default to the contract of the clustering ``model``.
+    """
+    terms = contract(model)
+    feature_service = feature_service or terms.feature_service
+    active_lookback_days = active_lookback_days or terms.population_lookback_days
     if cutoff is None:
         cutoff = snapshot_cutoffs(settings)[-1]
     rows = population_frame(settings, [cutoff], active_lookback_days)
@@ -289,18 +300,23 @@ def segment_frame(
 
 
 def evaluation_set(
-    settings: Settings, model: str, feature_service: str
+    settings: Settings, model: str, feature_service: str, spec: LabelSpec | None = None
 ) -> tuple[pd.DataFrame, np.ndarray | None, str]:
     """Rows to compare champion and challenger on: the latest out-of-time cutoff.
 
-    Classifiers: the latest label-complete cutoff, labelled; segments: the latest snapshot.
-    Returns (frame with features, labels or None, description of the cutoff).
+    Classifiers: the latest cutoff whose label window is complete, labelled with ``spec``
+    (the label the version was trained with; default: the contract's); a clustering: the
+    latest snapshot. Returns (frame with features, labels or None, description of the cutoff
+    and, for a classifier, of the label windows).
     """
-    if model == "segments":
-        frame, cutoff = segment_frame(settings, feature_service)
-        return frame, None, f"segments@{cutoff.date()}"
-    spec = LabelSpec.default(model)
+    if contract(model).kind == CLUSTERING:
+        frame, cutoff = segment_frame(settings, feature_service, model=model)
+        return frame, None, f"{model}@{cutoff.date()}"
+    spec = spec or LabelSpec.default(model)
     cutoff = latest_complete_cutoff(settings, spec)
     labels = label_frame(settings, spec, [cutoff])
     frame = fetch_features(settings, feature_service, labels)
-    return frame, frame["label"].to_numpy(dtype=int), f"{model}@{cutoff.date()}"
+    described = f"{model}@{cutoff.date()} (label {spec.horizon_days}d"
+    if spec.population == ACTIVE:
+        described += f", active {spec.active_lookback_days}d"
+    return frame, frame["label"].to_numpy(dtype=int), described + ")"

@@ -8,11 +8,14 @@ evaluates, logs and registers as usual, and after the workers have exited
 :func:`log_missing_trials` adds to the parent MLflow run any trial that finished after
 ``train_model`` had logged the study, so the parent run shows every trial.
 
-Other machines join the same study with ``omniscore tune-worker MODEL`` (or
-``python -m training.distributed worker MODEL``), both wired to :func:`run_workers`, pointing
-at the same PostgreSQL storage and given the same seed and data options as the training job.
-The storage URL is never put on a command line (it may hold a password): workers read it
-from the settings (environment or profile) or receive it pickled through the process pipe.
+Other machines join the same study with ``omniscore tune-worker MODEL``, the one command line
+for tuning workers, wired to :func:`run_workers`, pointing at the same PostgreSQL storage and
+given the same seed and data options as the training job (the same flags as ``omniscore
+train``, parsed by the same code, so both compute the same study name). The storage URL is
+never put on a command line (it may hold a password): workers read it from the settings
+(environment or profile) or receive it pickled through the process pipe. Each process uses
+the settings' ``lgbm_threads`` LightGBM threads; unset, the cores are split between the
+processes of one machine.
 
 A worker that dies mid-trial (SIGKILL, a lost machine) leaves its trial RUNNING only until
 its heartbeat is older than the grace period (``optuna_heartbeat_seconds`` and
@@ -22,28 +25,20 @@ FAIL and ``RetryHeartbeatStaleTrialCallback`` enqueues a copy that the next free
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import os
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from multiprocessing.process import BaseProcess
 from multiprocessing.sharedctypes import Synchronized
 
-from data_layer.settings import Settings, redact
+from data_layer.settings import Settings
 from training import tune
-from training.train import (
-    DATA_OPTIONS,
-    MEMORY_STORAGE,
-    TrainResult,
-    log_trials,
-    run_tuning_worker,
-    train_model,
-)
+from training.model_io import registry_client
+from training.runs import TrainResult, log_trials
+from training.train import DATA_OPTIONS, MEMORY_STORAGE, run_tuning_worker, train_model
 
-THREADS_ENV = "OMNISCORE_LGBM_THREADS"
 STOP_TIMEOUT_SECONDS = 600.0
 """How long :func:`train_with_workers` waits for workers after its own tuning has finished."""
 
@@ -78,14 +73,15 @@ def shared_storage(settings: Settings, storage_url: str | None) -> str:
     return url
 
 
-def threads_per_worker(workers: int, cpus: int | None = None) -> int:
+def threads_per_worker(workers: int, cpus: int | None = None, configured: int | None = None) -> int:
     """LightGBM threads for each of ``workers`` processes on one machine (at least 1).
 
-    ``$OMNISCORE_LGBM_THREADS`` wins; otherwise the cores are split between the workers, as
-    OpenMP threads of several processes on the same cores wait on each other.
+    ``configured`` (the settings' ``lgbm_threads``, ``OMNISCORE_LGBM_THREADS``) wins;
+    otherwise the cores are split between the workers, as OpenMP threads of several
+    processes on the same cores wait on each other.
     """
-    if os.environ.get(THREADS_ENV):
-        return max(1, int(os.environ[THREADS_ENV]))
+    if configured:
+        return max(1, configured)
     cpus = cpus or os.cpu_count() or 1
     return max(1, cpus // max(1, workers))
 
@@ -96,22 +92,9 @@ def worker_kwargs(train_kwargs: dict) -> dict:
     return {key: train_kwargs[key] for key in DATA_OPTIONS if key in train_kwargs}
 
 
-# --- process-local configuration ----------------------------------------------------------------
-@contextmanager
-def lgbm_threads(threads: int | None) -> Iterator[None]:
-    """Set ``$OMNISCORE_LGBM_THREADS`` for this process while the block runs."""
-    if threads is None:
-        yield
-        return
-    saved = os.environ.get(THREADS_ENV)
-    os.environ[THREADS_ENV] = str(threads)
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop(THREADS_ENV, None)
-        else:
-            os.environ[THREADS_ENV] = saved
+def with_threads(settings: Settings, threads: int | None) -> Settings:
+    """``settings`` whose processes use ``threads`` LightGBM threads (unchanged for None)."""
+    return settings if threads is None else replace(settings, lgbm_threads=threads)
 
 
 def prepare_storage(storage_url: str) -> None:
@@ -134,8 +117,9 @@ def _worker_main(
     kwargs: dict,
     counter: Synchronized | None,
 ) -> None:
-    with lgbm_threads(threads):
-        ran = run_tuning_worker(settings, model, trials, seed, storage_url, **kwargs)
+    ran = run_tuning_worker(
+        with_threads(settings, threads), model, trials, seed, storage_url, **kwargs
+    )
     if counter is not None:
         counter.value = ran
     print(f"tuning worker {os.getpid()}: {ran} trials of {model}", file=sys.stderr, flush=True)
@@ -214,7 +198,7 @@ def run_workers(
         raise ValueError("workers must be at least 1")
     url = shared_storage(settings, storage_url)
     prepare_storage(url)
-    threads = threads or threads_per_worker(workers)
+    threads = threads or threads_per_worker(workers, configured=settings.lgbm_threads)
     counters = [trial_counter() for _ in range(workers)]
     processes = [
         start_worker(settings, model, trials, seed, url, threads=threads, counter=c, **kwargs)
@@ -257,7 +241,7 @@ def train_with_workers(
     url = shared_storage(settings, storage_url)
     extra = worker_kwargs(train_kwargs) if workers > 1 else {}
     prepare_storage(url)
-    threads = threads or threads_per_worker(workers)
+    threads = threads or threads_per_worker(workers, configured=settings.lgbm_threads)
     counters = [trial_counter() for _ in range(workers - 1)]
     processes: list[BaseProcess] = []
     try:
@@ -267,15 +251,16 @@ def train_with_workers(
                     settings, model, trials, seed, url, threads=threads, counter=counter, **extra
                 )
             )
-        with lgbm_threads(threads):
-            result = train_model(settings, model, trials, seed, storage_url=url, **train_kwargs)
+        result = train_model(
+            with_threads(settings, threads), model, trials, seed, storage_url=url, **train_kwargs
+        )
         for process in processes:
             process.join(STOP_TIMEOUT_SECONDS)
     finally:
         stop_workers(processes)
     report = WorkerReport(workers - 1, [p.exitcode for p in processes], _reported(counters))
     logged = log_missing_trials(settings, result, url)
-    client = _client(settings)
+    client = registry_client(settings)
     in_study = _finished_trials(result.study_name, url)
     client.set_tag(result.run_id, "omniscore.tuning_workers", str(workers))
     client.log_metric(result.run_id, "trials_in_study", float(in_study))
@@ -295,19 +280,13 @@ def train_with_workers(
 # --- MLflow: every trial under the parent run ---------------------------------------------------
 @dataclass(frozen=True)
 class _TrialSubset:
-    """The two members of a study that :func:`~training.train.log_trials` reads."""
+    """The two members of a study that :func:`~training.runs.log_trials` reads."""
 
     study_name: str
     trials: list
 
     def get_trials(self, deepcopy: bool = False) -> list:
         return self.trials
-
-
-def _client(settings: Settings):
-    from training.model_io import registry_client
-
-    return registry_client(settings)
 
 
 def _finished_trials(study_name: str, storage_url: str) -> int:
@@ -346,7 +325,7 @@ def log_missing_trials(settings: Settings, result: TrainResult, storage_url: str
     """
     import optuna
 
-    client = _client(settings)
+    client = registry_client(settings)
     done = logged_trial_numbers(client, result.experiment_id, result.run_id)
     storage = tune.storage_for(storage_url, heartbeat=None)
     try:
@@ -362,38 +341,3 @@ def log_missing_trials(settings: Settings, result: TrainResult, storage_url: str
         subset = _TrialSubset(result.study_name, missing)
         log_trials(client, result.experiment_id, result.run_id, subset, result.model)
     return len(missing)
-
-
-# --- command line -------------------------------------------------------------------------------
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m training.distributed worker MODEL --trials N [--workers K]``.
-
-    Joins the study of ``MODEL`` in the configured Optuna storage
-    (``OMNISCORE_OPTUNA_STORAGE`` or the profile; never a command-line argument, as the URL
-    may hold a password) with ``K`` local processes, tuning only. ``omniscore tune-worker``
-    does the same; this entry point needs only the ``training`` package.
-    """
-    parser = argparse.ArgumentParser(prog="python -m training.distributed")
-    sub = parser.add_subparsers(dest="command", required=True)
-    worker = sub.add_parser("worker", help="join a shared study with local tuning processes")
-    worker.add_argument("model", choices=["propensity", "churn", "segments"])
-    worker.add_argument("--trials", type=int, default=20, help="finished trials the study needs")
-    worker.add_argument("--workers", type=int, default=1, help="local processes")
-    worker.add_argument("--seed", type=int, default=42, help="the seed train was started with")
-    worker.add_argument("--horizon-days", type=int, default=None, help="as given to train")
-    worker.add_argument("--min-class", type=int, default=None, help="as given to train")
-    worker.add_argument("--home", default=None, help="OmniScore home (default $OMNISCORE_HOME)")
-    args = parser.parse_args(argv)
-    settings = Settings.from_env(args.home)
-    url = shared_storage(settings, None)
-    data = {"horizon_days": args.horizon_days}
-    if args.min_class is not None:
-        data["min_class"] = args.min_class
-    print(f"joining {args.model} study at {redact(url)} with {args.workers} process(es)")
-    report = run_workers(settings, args.model, args.trials, args.workers, args.seed, **data)
-    print(f"workers exited with {report.exit_codes}, ran {report.trials_run} trials")
-    return 1 if report.failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -31,9 +31,9 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from data_layer.settings import Settings
+from data_layer.settings import DEFAULT_LGBM_THREADS, Settings
+from training.contract import CLASSIFIER, CLUSTERING, contract, registered_name
 from training.segments import SegmentModel
-from training.tune import num_threads
 
 CLASSIFIER_FILE = "model.lgb"
 CLASSIFIER_META = "omniscore.json"
@@ -44,17 +44,10 @@ SERVICE_TAG = "omniscore.feature_service"
 BANDS: tuple[str, ...] = ("low", "medium", "high")
 BAND_PERCENTILES: tuple[float, float] = (70.0, 90.0)
 """A score is ``medium`` from the 70th training percentile and ``high`` from the 90th."""
-
-MODEL_NAMES: dict[str, str] = {
-    "propensity": "omniscore-propensity",
-    "churn": "omniscore-churn",
-    "segments": "omniscore-segments",
-}
-FEATURE_SERVICES: dict[str, str] = {
-    "propensity": "propensity_v1",
-    "churn": "churn_v1",
-    "segments": "segments_v1",
-}
+CLASSIFIER_PACKAGE = "classifier"
+SEGMENTS_PACKAGE = "segments"
+PACKAGE_KINDS: dict[str, str] = {CLASSIFIER: CLASSIFIER_PACKAGE, CLUSTERING: SEGMENTS_PACKAGE}
+"""The package format (``omniscore.kind`` tag, :attr:`LoadedModel.kind`) of each model kind."""
 
 
 class IntegrityError(RuntimeError):
@@ -113,6 +106,8 @@ class ClassifierPackage:
     band_thresholds: list[float]
     cold_start: dict[str, float | str]
     info: dict[str, object] = field(default_factory=dict)
+    threads: int = field(default=DEFAULT_LGBM_THREADS, compare=False)
+    """LightGBM threads of this process's predictions (not saved: the settings decide)."""
 
     def encode(self, frame: pd.DataFrame) -> np.ndarray:
         """The model input matrix of a frame (see :func:`encode_frame`)."""
@@ -120,7 +115,7 @@ class ClassifierPackage:
 
     def raw_score(self, frame: pd.DataFrame) -> np.ndarray:
         """Uncalibrated log-odds of the booster."""
-        return self.booster.predict(self.encode(frame), raw_score=True, num_threads=num_threads())
+        return self.booster.predict(self.encode(frame), raw_score=True, num_threads=self.threads)
 
     def calibrate(self, raw: np.ndarray) -> np.ndarray:
         """Platt calibration of raw scores: ``sigmoid(a * raw + b)``."""
@@ -136,9 +131,7 @@ class ClassifierPackage:
 
         The last column is the base value; each row sums to :meth:`raw_score`.
         """
-        return self.booster.predict(
-            self.encode(frame), pred_contrib=True, num_threads=num_threads()
-        )
+        return self.booster.predict(self.encode(frame), pred_contrib=True, num_threads=self.threads)
 
     def score_percentile(self, p: np.ndarray | float) -> np.ndarray:
         """Percentile (0-100) of calibrated probabilities in the training population."""
@@ -177,8 +170,9 @@ class ClassifierPackage:
         return [model_path, meta_path]
 
     @classmethod
-    def load(cls, directory: Path) -> ClassifierPackage:
-        """Read a package written by :meth:`save` (the booster from its text file)."""
+    def load(cls, directory: Path, threads: int = DEFAULT_LGBM_THREADS) -> ClassifierPackage:
+        """Read a package written by :meth:`save` (the booster from its text file); it
+        predicts with ``threads`` LightGBM threads."""
         directory = Path(directory)
         meta = json.loads((directory / CLASSIFIER_META).read_text())
         if meta.get("format") != "omniscore-classifier/1":
@@ -193,6 +187,7 @@ class ClassifierPackage:
             band_thresholds=meta["band_thresholds"],
             cold_start=meta["cold_start"],
             info=meta.get("info", {}),
+            threads=threads,
         )
 
 
@@ -312,7 +307,7 @@ class LoadedModel:
     ``segments``), ``feature_service`` (from the version's tags: fetch exactly these features),
     ``feature_names`` (model input order), ``cold_start`` (defaults for unknown customers:
     ``probability``/``percentile``/``band`` for classifiers, ``segment_id``/``segment_name``
-    for segments), ``tags`` (all version tags).
+    for segments), ``tags`` (all version tags), ``run_id`` (the run that trained it).
     """
 
     name: str
@@ -324,6 +319,7 @@ class LoadedModel:
     tags: dict[str, str]
     classifier: ClassifierPackage | None = None
     segments: SegmentModel | None = None
+    run_id: str | None = None
 
     def _clf(self) -> ClassifierPackage:
         if self.classifier is None:
@@ -388,10 +384,11 @@ def load_champion(
     are downloaded (to ``dst`` or a temporary folder), every file's SHA-256 is checked against
     the version's ``omniscore.sha256`` tag (:class:`IntegrityError` otherwise), and the
     LightGBM text model or the segments JSON is read. ``model_name`` may also be a short name
-    (``propensity``, ``churn``, ``segments``).
+    (``propensity``, ``churn``, ``segments``). A classifier predicts with the settings'
+    ``lgbm_thread_count`` threads (the default, 2, when ``target`` is a URI).
     """
     client = registry_client(target)
-    model_name = MODEL_NAMES.get(model_name, model_name)
+    model_name = registered_name(model_name)
     mv = client.get_model_version_by_alias(model_name, alias)
     return _load(target, client, mv, dst)
 
@@ -417,14 +414,14 @@ def _load(target, client, mv, dst: Path | None) -> LoadedModel:
             )
         )
         verify_hashes(path, recorded)
-        kind = tags.get(KIND_TAG, "classifier")
-        if kind == "segments":
+        kind = tags.get(KIND_TAG, CLASSIFIER_PACKAGE)
+        if kind == SEGMENTS_PACKAGE:
             seg = SegmentModel.load(path / SEGMENTS_FILE)
             return LoadedModel(
                 name=mv.name,
                 version=str(mv.version),
                 kind=kind,
-                feature_service=tags.get(SERVICE_TAG, "segments_v1"),
+                feature_service=tags.get(SERVICE_TAG) or contract(mv.name).feature_service,
                 feature_names=seg.features,
                 cold_start={
                     "segment_id": seg.default_segment,
@@ -432,17 +429,20 @@ def _load(target, client, mv, dst: Path | None) -> LoadedModel:
                 },
                 tags=tags,
                 segments=seg,
+                run_id=mv.run_id,
             )
-        pkg = ClassifierPackage.load(path)
+        threads = target.lgbm_thread_count if isinstance(target, Settings) else DEFAULT_LGBM_THREADS
+        pkg = ClassifierPackage.load(path, threads)
         return LoadedModel(
             name=mv.name,
             version=str(mv.version),
-            kind="classifier",
+            kind=CLASSIFIER_PACKAGE,
             feature_service=tags.get(SERVICE_TAG, ""),
             feature_names=pkg.feature_names,
             cold_start=dict(pkg.cold_start),
             tags=tags,
             classifier=pkg,
+            run_id=mv.run_id,
         )
     finally:
         if own_tmp:

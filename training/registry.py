@@ -1,13 +1,14 @@
 """The model registry workflow: register challengers, gate promotions, roll back.
 
-Names: ``omniscore-propensity``, ``omniscore-churn``, ``omniscore-segments``. Every new
-version gets the alias ``challenger`` and a description of what it was trained on.
-:func:`promote` scores the challenger and the champion on the same latest out-of-time cutoff
-and moves ``champion`` only when the gate passes (:func:`gate`): AUC not below the champion's
-minus a tolerance and calibration (ECE) within bounds; a first version must meet absolute
-minimums. ``force`` with a reason overrides the gate. Each decision is written as tags on the
-versions involved, and the registered model keeps the champion history that
-:func:`rollback` walks back.
+Names come from the model contract (``omniscore-propensity``, ``omniscore-churn``,
+``omniscore-segments``). Every new version gets the alias ``challenger`` and a description of
+what it was trained on. :func:`promote` scores the challenger and the champion on the latest
+out-of-time cutoff, each classifier with the label definition it was trained with (recorded
+on the version), and moves ``champion`` only when the gate passes (:func:`gate`): AUC not
+below the champion's minus a tolerance and calibration (ECE) within bounds; a first version
+must meet absolute minimums. ``force`` with a reason overrides the gate. Each decision is
+written as tags on the versions involved, and the registered model keeps the champion
+history that :func:`rollback` walks back.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from data_layer.settings import Settings
+from training.contract import contract, registered_name
 from training.model_io import (
     KIND_TAG,
-    MODEL_NAMES,
+    PACKAGE_KINDS,
+    SEGMENTS_PACKAGE,
     SERVICE_TAG,
     SHA_TAG,
     LoadedModel,
@@ -36,7 +39,6 @@ HISTORY_TAG = "omniscore.champion_history"
 CHALLENGER_ATTEMPTS = 5
 """How many times a registration points ``challenger`` at the newest version before giving up
 (each further attempt means another registration wrote the alias in between)."""
-SHORT_NAMES = {v: k for k, v in MODEL_NAMES.items()}
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,7 @@ class RollbackResult:
 
 def full_name(model: str) -> str:
     """Registered name of a model given its short name (``churn``) or full name."""
-    return MODEL_NAMES.get(model, model)
+    return registered_name(model)
 
 
 def gate(
@@ -97,8 +99,11 @@ def gate(
     champion: dict[str, float] | None,
     policy: GatePolicy = GatePolicy(),
 ) -> tuple[bool, str]:
-    """Pure promotion rule: (passes, why), from metrics on the same evaluation cutoff."""
-    if kind == "segments":
+    """Pure promotion rule: (passes, why), from metrics on the same evaluation cutoff.
+
+    ``kind`` is the package kind (:attr:`~training.model_io.LoadedModel.kind`).
+    """
+    if kind == SEGMENTS_PACKAGE:
         sil = challenger.get("silhouette", float("nan"))
         if not math.isfinite(sil):
             return False, "challenger silhouette is undefined"
@@ -156,15 +161,16 @@ def register_package(
     from mlflow.exceptions import MlflowException
 
     client = registry_client(settings)
-    name = full_name(model)
-    kind = "segments" if model.endswith("segments") else "classifier"
+    terms = contract(model)
+    name = terms.registered_name
+    kind = PACKAGE_KINDS[terms.kind]
     logged = client.create_logged_model(
-        experiment_id, name=model, source_run_id=run_id, model_type=kind
+        experiment_id, name=terms.name, source_run_id=run_id, model_type=kind
     )
     client.log_model_artifacts(logged.model_id, str(package_dir))
     client.finalize_logged_model(logged.model_id, "READY")
     try:
-        client.create_registered_model(name, description=f"OmniScore {model} model")
+        client.create_registered_model(name, description=f"OmniScore {terms.name}: {terms.summary}")
     except MlflowException as exc:
         if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
             raise
@@ -247,29 +253,52 @@ def _history(client, name: str) -> list[str]:
 
 # --- promotion ------------------------------------------------------------------------------
 def default_evaluator(settings: Settings) -> Callable[[LoadedModel], tuple[dict[str, float], str]]:
-    """Scores a loaded model on the latest label-complete cutoff (features from Feast).
+    """Scores a loaded model on the latest out-of-time cutoff (features from Feast).
 
-    Returns a function model -> (metrics, cutoff description). The evaluation rows are built
-    once per feature service and reused for champion and challenger, so both see the same
-    customers, cutoff and labels.
+    Returns a function model -> (metrics, description of the cutoff). A classifier is scored
+    on the label definition it was trained with (:func:`version_label_spec`): a churn model
+    trained with ``--horizon-days 30`` is judged on 30-day labels, whatever the default. The
+    evaluation rows are built once per feature service and label, so a champion and a
+    challenger trained on the same definition see the same customers, cutoff and labels.
     """
     from training.datasets import evaluation_set
     from training.evaluate import classification_metrics
     from training.segments import evaluate_segments
 
-    cache: dict[tuple[str, str], tuple] = {}
+    client = registry_client(settings)
+    cache: dict[tuple, tuple] = {}
 
     def evaluate(loaded: LoadedModel) -> tuple[dict[str, float], str]:
-        model_kind = SHORT_NAMES.get(loaded.name, loaded.name)
-        key = (str(model_kind), loaded.feature_service)
+        model = contract(loaded.name).name
+        spec = None
+        if loaded.kind != SEGMENTS_PACKAGE:
+            spec = version_label_spec(client, model, loaded.tags, loaded.run_id)
+        key = (model, loaded.feature_service, spec)
         if key not in cache:
-            cache[key] = evaluation_set(settings, str(model_kind), loaded.feature_service)
+            cache[key] = evaluation_set(settings, model, loaded.feature_service, spec)
         frame, y, cutoff = cache[key]
-        if loaded.kind == "segments":
+        if loaded.kind == SEGMENTS_PACKAGE:
             return evaluate_segments(loaded.segments, frame, seed=0), cutoff
         return classification_metrics(y, loaded.predict_proba(frame)), cutoff
 
     return evaluate
+
+
+def version_label_spec(client, model: str, tags: dict[str, str], run_id: str | None):
+    """The label definition a classifier version was trained with: its version tags, else
+    its training run's parameters, else the contract's defaults
+    (:func:`~training.labels.recorded_label_spec`)."""
+    from mlflow.exceptions import MlflowException
+
+    from training.labels import HORIZON_TAG, recorded_label_spec
+
+    params: dict[str, str] = {}
+    if HORIZON_TAG not in tags and run_id:
+        try:
+            params = dict(client.get_run(run_id).data.params)
+        except MlflowException:
+            params = {}  # the run was deleted: only the defaults are left
+    return recorded_label_spec(model, tags, params)
 
 
 def promote(
@@ -308,7 +337,10 @@ def promote(
     challenger_metrics, cutoff = evaluate(challenger)
     champion_metrics = None
     if champion_v is not None:
-        champion_metrics, _ = evaluate(load_version(settings, name, champion_v))
+        champion_metrics, champion_cutoff = evaluate(load_version(settings, name, champion_v))
+        if champion_cutoff != cutoff:
+            # Trained on different label definitions: each is judged on its own.
+            cutoff = f"challenger {cutoff}; champion {champion_cutoff}"
     passed, why = gate(kind, challenger_metrics, champion_metrics, policy)
     promoted = passed or force
     if force and not passed:

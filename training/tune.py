@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-import os
+import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,36 +27,34 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from data_layer.settings import Settings
 from training.evaluate import auc
 
-DEFAULT_THREADS = 2
 MAX_ROUNDS = 2000
 EARLY_STOPPING_ROUNDS = 40
 REPORT_EVERY = 10
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def num_threads() -> int:
-    """LightGBM threads: ``$OMNISCORE_LGBM_THREADS`` or 2 (the benchmark machine's cores).
-
-    On a machine whose cores are busy with other work, OpenMP threads wait on each other;
-    one thread is then much faster, hence the override.
-    """
-    return max(1, int(os.environ.get("OMNISCORE_LGBM_THREADS") or DEFAULT_THREADS))
-
-
-def base_params(seed: int) -> dict:
-    """LightGBM parameters every trial shares: binary objective, 2 threads, deterministic."""
+def base_params(seed: int, threads: int) -> dict:
+    """LightGBM parameters every trial shares: binary objective, ``threads`` threads (the
+    settings' ``lgbm_thread_count``), deterministic."""
     return {
         "objective": "binary",
         "metric": "binary_logloss",
         "verbosity": -1,
-        "num_threads": num_threads(),
+        "num_threads": threads,
         "seed": seed,
         "deterministic": True,
         "force_col_wise": True,
         "feature_pre_filter": False,
     }
+
+
+def study_name_for(model: str, parts: Sequence[str], seed: int) -> str:
+    """Deterministic study name: the same data, cutoffs, labels and seed share one study."""
+    digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
+    return f"omniscore-{model}-{digest}-seed{seed}"
 
 
 def suggest_params(trial: optuna.Trial) -> dict:
@@ -81,9 +79,10 @@ def make_datasets(
     y_valid: np.ndarray,
     feature_names: Sequence[str],
     categorical: Sequence[int],
+    threads: int,
 ) -> tuple[lgb.Dataset, lgb.Dataset]:
     """Train and validation Datasets, constructed now so every trial reuses the bins."""
-    params = {"verbosity": -1, "feature_pre_filter": False, "num_threads": num_threads()}
+    params = {"verbosity": -1, "feature_pre_filter": False, "num_threads": threads}
     train = lgb.Dataset(
         x_train,
         label=y_train,
@@ -125,6 +124,7 @@ def make_objective(
     valid: lgb.Dataset,
     y_valid: np.ndarray,
     seed: int,
+    threads: int,
     clock: TrialClock | None = None,
 ) -> Callable[[optuna.Trial], float]:
     """Objective: validation log loss at the early-stopped round (to minimise).
@@ -133,7 +133,7 @@ def make_objective(
     """
 
     def objective(trial: optuna.Trial) -> float:
-        params = base_params(seed) | suggest_params(trial)
+        params = base_params(seed, threads) | suggest_params(trial)
         started = time.perf_counter()
         try:
             booster = lgb.train(
@@ -153,7 +153,7 @@ def make_objective(
                 clock.trials += 1
         best = booster.best_iteration or booster.current_iteration()
         loss = booster.best_score["valid"]["binary_logloss"]
-        p = booster.predict(valid.get_data(), num_iteration=best, num_threads=num_threads())
+        p = booster.predict(valid.get_data(), num_iteration=best, num_threads=threads)
         trial.set_user_attr("best_iteration", int(best))
         trial.set_user_attr("valid_auc", auc(y_valid, p))
         return float(loss)
@@ -179,6 +179,11 @@ class Heartbeat:
                 f"heartbeat needs interval > 0 and grace > interval, got interval="
                 f"{self.interval} s, grace={self.grace} s"
             )
+
+
+def trial_heartbeat(settings: Settings) -> Heartbeat:
+    """The heartbeat timing of Optuna trials, from the settings."""
+    return Heartbeat(settings.optuna_heartbeat_seconds, settings.optuna_grace_seconds)
 
 
 def storage_for(url: str, heartbeat: Heartbeat | None) -> RDBStorage:
@@ -300,20 +305,23 @@ def tune_lightgbm(
     callbacks: Sequence[Callable] = (),
     *,
     heartbeat: Heartbeat | None,
+    threads: int,
 ) -> tuple[optuna.Study, TuneResult]:
     """Tune LightGBM on a Dataset pair; returns the study and its best trial.
 
-    ``heartbeat`` is the trials' heartbeat timing in the storage (see :func:`create_study`).
+    ``heartbeat`` is the trials' heartbeat timing in the storage (see :func:`create_study`);
+    ``threads`` the LightGBM threads of each trial.
     """
     study = create_study(storage_url, study_name, seed, heartbeat=heartbeat)
     clock = TrialClock()
     started = time.perf_counter()
-    ran = optimize(study, make_objective(train, valid, y_valid, seed, clock), n_trials, callbacks)
+    objective = make_objective(train, valid, y_valid, seed, threads, clock)
+    ran = optimize(study, objective, n_trials, callbacks)
     wall = time.perf_counter() - started
     best = study.best_trial
     return study, TuneResult(
         study_name=study_name,
-        best_params=base_params(seed) | best.params | {"bagging_freq": 1},
+        best_params=base_params(seed, threads) | best.params | {"bagging_freq": 1},
         best_iteration=int(best.user_attrs.get("best_iteration", 100)),
         best_value=float(best.value),
         best_valid_auc=float(best.user_attrs.get("valid_auc", float("nan"))),
