@@ -48,7 +48,6 @@ from feature_repo.catalog import (
 )
 
 SESSION_CHANNELS = ("web", "app")
-RATED_TYPES = ("review", "survey_response")
 SNAPSHOT_KEY = ["customer_id", "event_timestamp"]
 HISTORY_NEEDED = pd.Timedelta(days=LONG_WINDOW_DAYS + SWITCH_LOOKBACK_DAYS) + pd.Timedelta(
     hours=SESSION_GAP_HOURS
@@ -103,10 +102,6 @@ def _utc(value: datetime | str) -> pd.Timestamp:
 def snapshot_instants(values: Sequence[datetime | str | pd.Timestamp]) -> list[pd.Timestamp]:
     """Distinct UTC instants, sorted (what ``features build --at`` takes)."""
     return sorted({_utc(v) for v in values})
-
-
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _lit(values: Sequence[str]) -> str:
