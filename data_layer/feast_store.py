@@ -18,9 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from feast import FeatureService, FeatureStore, FeatureView, RepoConfig
-from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 from feast.types import Float64
-from feast.utils import _convert_arrow_to_proto
 
 from data_layer import online_format
 from data_layer.settings import FEATURE_REPO_DIR, Settings, redact
@@ -369,16 +367,10 @@ def _write_one(
 
 
 def write_online_batch(store: FeatureStore, view: FeatureView, table: pa.Table) -> None:
-    """Feast's supported write path: its Arrow→proto conversion, then ``online_write_batch``.
-
-    Works for every online store Feast supports; the bulk writers are the fast path for SQLite
-    and Redis.
-    """
-    join_keys = {e.name: e.dtype.to_value_type() for e in view.entity_columns}
-    provider = store._get_provider()
-    for batch in table.combine_chunks().to_batches(max_chunksize=10_000):
-        rows = _convert_arrow_to_proto(batch, view, join_keys)
-        provider.online_write_batch(store.config, view, rows, progress=None)
+    """Feast's supported write path (:func:`data_layer.online_format.write_with_feast`): works
+    for every online store Feast supports; the bulk writers are the fast path for SQLite and
+    Redis."""
+    online_format.write_with_feast(store, view, table)
 
 
 # --- reads -------------------------------------------------------------------------------------
@@ -425,11 +417,9 @@ def online_features(store: FeatureStore, service_name: str, customer_ids) -> pd.
             seconds = np.zeros(0, dtype="int64")
         else:
             result = proto.results[position[view_fields[0].name]]
-            seconds = np.array([t.seconds for t in result.event_timestamps], dtype="int64")
-            # SQLite reports an absent customer as NOT_FOUND; Redis as empty values stamped at
-            # the epoch. Either way there is no snapshot.
-            found = np.array([s != FieldStatus.NOT_FOUND for s in result.statuses], dtype=bool)
-            present = found & (seconds > 0)
+            times, stored = online_format.stored_rows(result)
+            seconds = np.array(times, dtype="int64")
+            present = np.array(stored, dtype=bool)
         served = pd.Series(pd.to_datetime(seconds, unit="s", utc=True))
         stamps[timestamp_column(view)] = served.where(present)
         known |= present

@@ -427,6 +427,25 @@ def test_value_encoding_matches_feast_conversion():
         assert key == serialize_entity_key(proto, entity_key_serialization_version=3)
 
 
+def test_the_online_format_refuses_a_feast_release_it_was_not_written_for(tmp_path, monkeypatch):
+    online_format.check_feast_version()  # the installed, pinned release passes
+    assert online_format.FEAST_VERSION == "0.67.0"
+    # Another release's distribution record first on the path, as after an upgrade: the
+    # same importlib.metadata lookup now finds Feast 0.68.0.
+    record = tmp_path / "feast-0.68.0.dist-info"
+    record.mkdir()
+    (record / "METADATA").write_text("Metadata-Version: 2.1\nName: feast\nVersion: 0.68.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(online_format, "_verified_version", None)
+    expected = r"storage format of Feast 0\.67\.0, but Feast 0\.68\.0 is installed"
+    with pytest.raises(online_format.FeastVersionMismatch, match=expected):
+        online_format.entity_keys(["c1"])
+    with pytest.raises(online_format.FeastVersionMismatch, match=expected):
+        online_format.decode_value(b"\x29" + bytes(8))
+    with pytest.raises(online_format.FeastVersionMismatch, match=expected):
+        online_format.encode_doubles(np.array([1.0]))
+
+
 # --- isolation ---------------------------------------------------------------------------------
 def test_two_homes_side_by_side_do_not_touch_each_other(tmp_path, make_snapshot_home, monkeypatch):
     elsewhere = tmp_path / "env_home"

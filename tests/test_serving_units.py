@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data_layer.online_format import encode_doubles, encode_strings
+from data_layer.online_format import decode_cells, decode_value, encode_doubles, encode_strings
 from serving.config import ServeConfig
 from serving.guard import authorized, summarise_validation
-from serving.online import MISSING_TIMESTAMP, FeatureBatch, FeatureLayout, decode_value, fill_batch
+from serving.online import MISSING_TIMESTAMP, FeatureBatch, FeatureLayout, fill_batch
 from serving.scoring import ClassifierPlan, SegmentPlan, channel_group, iso_timestamp
 from training.model_io import ClassifierPackage, LoadedModel, encode_frame
 from training.segments import fit_segment_model
@@ -70,23 +70,32 @@ def test_stored_values_decode_to_numbers_strings_and_missing():
     assert decode_value(strings[2]) == "é" * 200 and decode_value(strings[1]) is None
 
 
-def test_fill_batch_places_cells_and_marks_known_customers():
+def test_stored_cells_decode_into_a_batch_that_marks_known_customers():
     layout = FeatureLayout({"a": ("x", "y"), "profile": ("region",)})
     x, _ = encode_doubles(np.array([2.0, np.nan, 7.0]))
     region, _ = encode_strings(["north"])
-    # customer 0: x=2, y missing (null), region north; customer 1: only x=7; customer 2: none
-    rows = np.array([0, 0, 0, 1])
-    cols = np.array([0, 1, 2, 0])
-    views = np.array([0, 0, 1, 0])
-    blobs = [x[0], x[1], region[0], x[2]]
-    stamps = np.array([100, 100, 50, 200])
-    batch = fill_batch(layout, ["c0", "c1", "c2"], rows, cols, views, blobs, stamps)
+    int_five = b"\x20\x05"  # ValueProto(int64_val=5): not a double, still a number
+    explicit_null = b"\x98\x01\x00"  # ValueProto(null_val=NULL): non-empty, yet no value
+    # customer 0: x=2, y missing (null), region north; customer 1: x=7, y=5, region null;
+    # customer 2: none
+    missing = MISSING_TIMESTAMP
+    seconds = np.array([[100, 50], [200, 60], [missing, missing]])
+    rows = np.array([0, 0, 0, 1, 1, 1])
+    cols = np.array([0, 1, 2, 0, 1, 2])
+    blobs = [x[0], x[1], region[0], x[2], int_five, explicit_null]
+    cells = decode_cells(seconds, rows, cols, blobs)
+    assert (cells.rows.tolist(), cells.cols.tolist(), cells.values.tolist()) == (
+        [0, 1],
+        [0, 0],
+        [2.0, 7.0],
+    )
+    assert (cells.other_rows, cells.other_cols, cells.others) == ([0, 1], [2, 1], ["north", 5])
+    batch = fill_batch(layout, ["c0", "c1", "c2"], cells)
     assert np.array_equal(
-        batch.numeric, [[2.0, np.nan, np.nan], [7.0, np.nan, np.nan], [np.nan] * 3], equal_nan=True
+        batch.numeric, [[2.0, np.nan, np.nan], [7.0, 5.0, np.nan], [np.nan] * 3], equal_nan=True
     )
     assert batch.strings["region"].tolist() == ["north", None, None]
-    missing = MISSING_TIMESTAMP
-    assert batch.timestamps.tolist() == [[100, 50], [200, missing], [missing, missing]]
+    assert batch.timestamps.tolist() == [[100, 50], [200, 60], [missing, missing]]
     assert batch.known.tolist() == [True, True, False]
 
 
