@@ -533,6 +533,72 @@ def serve(
 
 
 @app.command()
+def stream(
+    group: Annotated[str, typer.Option(help="Consumer group name.")] = "omniscore",
+    consumer: Annotated[
+        str | None,
+        typer.Option(
+            help="This consumer's name in the group (default <host>-<pid>).", show_default=False
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Messages read and accepted per batch.")] = 500,
+    block_ms: Annotated[int, typer.Option(help="Longest wait for new messages per read.")] = 1000,
+    claim_idle_ms: Annotated[
+        int,
+        typer.Option(help="Take over messages another consumer left unacknowledged this long."),
+    ] = 30_000,
+    idle_exit: Annotated[
+        float | None,
+        typer.Option(
+            help="Exit once no message came for this many seconds and none is pending "
+            "(default: run until interrupted).",
+            show_default=False,
+        ),
+    ] = None,
+    online: Annotated[
+        bool,
+        typer.Option(help="Rewrite the folded customers' features in the Feast online store."),
+    ] = True,
+    home: HomeOption = None,
+) -> None:
+    """Consume canonical events from the Redis Stream (settings: stream_name, stream_redis)
+    as a consumer group: each batch is validated, stored exactly once, folded into the live
+    state, then acknowledged. OMNISCORE_CLOCK fixes the clock for replays."""
+    from data_layer.live_ingest import OnlineFeatureWriter, parse_clock
+    from data_layer.live_state import LiveState
+    from data_layer.stream_consumer import StreamConfigError, StreamConsumer
+
+    settings = _settings(home)
+    try:
+        clock = parse_clock(os.environ.get("OMNISCORE_CLOCK"))
+        state = LiveState.open(settings)
+        writer = OnlineFeatureWriter(settings) if online else None
+        runner = StreamConsumer(
+            settings,
+            state=state,
+            online=writer,
+            group=group,
+            consumer=consumer,
+            batch_size=batch_size,
+            block_ms=block_ms,
+            claim_idle_ms=claim_idle_ms,
+            clock=clock,
+        )
+    except (StreamConfigError, ValueError) as error:
+        _fail(str(error))
+    console.print(
+        f"consuming {settings.stream_name} as {runner.group}/{runner.consumer}; Ctrl-C stops"
+    )
+    try:
+        stats = runner.run(idle_exit_seconds=idle_exit)
+    except KeyboardInterrupt:
+        stats = runner.stats
+    finally:
+        state.close()
+    console.print(_table("stream", [(k, f"{v:,}") for k, v in stats.as_dict().items()]))
+
+
+@app.command()
 def bento(home: HomeOption = None) -> None:
     """Build a Bento (``bentoml build``) that pins the current champion versions."""
     from serving.bento import build_bento
