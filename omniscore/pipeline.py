@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_layer.settings import Settings
+from training.contract import MODEL_NAMES, contract
 
 ModelProgressFn = Callable[[str, str, int, int], None]
 """Training progress of one model: ``(model, step, done, total)``."""
@@ -38,8 +39,8 @@ class PipelineOptions:
     snapshot_weeks: int | None = None
     """Weekly snapshots to build, ending the day after the newest event (None: the feature
     pipeline's default, :func:`data_layer.feature_pipeline.default_snapshot_range`)."""
-    models: tuple[str, ...] | None = None
-    """Models to train and promote (None: every model)."""
+    models: tuple[str, ...] = MODEL_NAMES
+    """Models to train and promote, by their contract names (:mod:`training.contract`)."""
     trials: int = 6
     train_seed: int | None = None
     min_class: int | None = None
@@ -146,7 +147,7 @@ def _train(settings: Settings, options: PipelineOptions) -> list:
     extra = {} if options.min_class is None else {"min_class": options.min_class}
     seed = options.seed if options.train_seed is None else options.train_seed
     results = []
-    for model in model_names(options):
+    for model in options.models:
         progress = None
         if options.train_progress is not None:
 
@@ -166,7 +167,7 @@ def _train(settings: Settings, options: PipelineOptions) -> list:
 def _models_registered(settings: Settings, options: PipelineOptions) -> bool:
     from training.registry import describe
 
-    return all(describe(settings, model)["versions"] for model in model_names(options))
+    return all(describe(settings, model)["versions"] for model in options.models)
 
 
 def _promote(settings: Settings, options: PipelineOptions) -> list:
@@ -175,12 +176,12 @@ def _promote(settings: Settings, options: PipelineOptions) -> list:
     forced = options.promote_over_gate is not None
     return [
         promote(settings, model, force=forced, reason=options.promote_over_gate)
-        for model in model_names(options)
+        for model in options.models
     ]
 
 
 def _champions_exist(settings: Settings, options: PipelineOptions) -> bool:
-    found = champions(settings, model_names(options))
+    found = champions(settings, options.models)
     return all(champion is not None for champion in found.values())
 
 
@@ -207,19 +208,6 @@ STAGES: tuple[Stage, ...] = (
 """Every stage, in data-flow order. ``serve`` starts the service, scores
 ``PipelineOptions.score_ids`` and stops it again; it always runs."""
 STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)
-
-
-def model_names(options: PipelineOptions) -> tuple[str, ...]:
-    """The models the options ask for, checked against training's; ``ValueError`` on an
-    unknown one. (Training is imported here, not at the top, to keep ``--help`` fast.)"""
-    from training.train import MODELS
-
-    if options.models is None:
-        return MODELS
-    unknown = sorted(set(options.models) - set(MODELS))
-    if unknown:
-        raise ValueError(f"unknown models {unknown}; choose among {', '.join(MODELS)}")
-    return options.models
 
 
 def champions(settings: Settings, models: tuple[str, ...]) -> dict[str, str | None]:
@@ -259,7 +247,8 @@ def run_pipeline(
     per selected stage.
     """
     options = options or PipelineOptions()
-    model_names(options)
+    for model in options.models:
+        contract(model)
     stages = select_stages(first, until)
     report = on_stage or (lambda outcome: None)
     settings.ensure_dirs()

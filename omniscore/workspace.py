@@ -17,13 +17,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from data_layer.settings import DEFAULT_HOME, Settings
-from omniscore.pipeline import (
-    PipelineOptions,
-    StageOutcome,
-    champions,
-    model_names,
-    run_pipeline,
-)
+from omniscore.pipeline import PipelineOptions, StageOutcome, champions, run_pipeline
+from training.contract import MODEL_NAMES
 
 ENV_PREFIX = "OMNISCORE_NB_"
 
@@ -105,7 +100,7 @@ class HomeReport:
 def ensure_home(
     settings: Settings,
     size: WorkspaceSize | None = None,
-    models: Sequence[str] | None = None,
+    models: Sequence[str] = MODEL_NAMES,
     log: Callable[[str], None] = print,
 ) -> HomeReport:
     """Build whatever the home lacks for the notebooks, then say what is there.
@@ -116,15 +111,15 @@ def ensure_home(
     seed), ``features`` (no snapshot files; the default 40 weekly snapshots), ``apply``,
     ``materialize``, ``train`` (a model of ``models`` without a registered version;
     ``size.trials`` trials and ``size.min_class``) and ``promote`` through the normal gate
-    (a model without a champion). ``models`` defaults to every model, ``size`` to
-    :meth:`WorkspaceSize.from_env`. Returns a :class:`HomeReport`.
+    (a model without a champion). ``size`` defaults to :meth:`WorkspaceSize.from_env`.
+    Returns a :class:`HomeReport`.
     """
     size = size or WorkspaceSize.from_env()
     options = PipelineOptions(
         customers=size.customers,
         days=size.days,
         seed=size.seed,
-        models=None if models is None else tuple(models),
+        models=tuple(models),
         trials=size.trials,
         min_class=size.min_class,
     )
@@ -140,9 +135,8 @@ def ensure_home(
                 if not decision.promoted:
                     log(f"  {decision.model_name}: the gate kept no champion: {decision.reason}")
 
-    wanted = model_names(options)
-    run_pipeline(settings, "promote" if wanted else "materialize", options, on_stage)
-    report.champions = champions(settings, wanted)
+    run_pipeline(settings, "promote" if models else "materialize", options, on_stage)
+    report.champions = champions(settings, options.models)
     report.seconds = time.perf_counter() - started
     log(report.summary())
     return report
