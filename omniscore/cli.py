@@ -283,20 +283,26 @@ def _models(model: str, allow_all: bool = True) -> list[str]:
     return [model]
 
 
-def _train_with_progress(settings: Settings, models: list[str], trials: int, seed: int, **kw):
+def _training_bars():
+    """Progress bars of training, one per model; Optuna's own log output goes to the log."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from training.datasets import IneligibleError
-    from training.train import train_model
-
-    results = []
-    with Progress(
+    _optuna_output_to_log()
+    return Progress(
         TextColumn("[bold]{task.fields[model]:<10}[/] {task.description:<10}"),
         BarColumn(),
         MofNCompleteColumn(),
         console=console,
         transient=False,
-    ) as bars:
+    )
+
+
+def _train_with_progress(settings: Settings, models: list[str], trials: int, seed: int, **kw):
+    from training.datasets import IneligibleError
+    from training.train import train_model
+
+    results = []
+    with _training_bars() as bars:
         for model in models:
             task = bars.add_task("starting", total=None, model=model)
 
@@ -670,15 +676,7 @@ class _StageDisplay:
 
     def _start(self, stage) -> None:
         if stage.name == "train":
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-            _optuna_output_to_log()
-            self._bars = Progress(
-                TextColumn("[bold]{task.fields[model]:<10}[/] {task.description:<10}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                console=console,
-            )
+            self._bars = _training_bars()
             self._bars.start()
         else:
             self._live = console.status(stage.description)
