@@ -17,11 +17,18 @@ from mlflow import MlflowClient
 from training_home import build_home
 
 from training.classifier_job import train_booster
-from training.datasets import build_training_set
+from training.datasets import (
+    build_training_set,
+    fetch_features,
+    latest_complete_cutoff,
+)
+from training.evaluate import classification_metrics
+from training.labels import LabelSpec, label_frame
 from training.model_io import (
     SERVICE_TAG,
     ClassifierPackage,
     encode_frame,
+    load_version,
     population_stats,
     vocabulary,
     write_classifier_dir,
@@ -120,3 +127,37 @@ def test_promotion_gate_force_and_rollback(home):
     assert rollback(home, "propensity").to_version == "1"
     with pytest.raises(LookupError, match="no previous champion"):
         rollback(home, "propensity")
+
+
+def _metrics_on_label(settings, name: str, version: str, spec: LabelSpec) -> dict[str, float]:
+    """A version's metrics at the latest cutoff complete for ``spec``, computed by hand."""
+    model = load_version(settings, name, version)
+    labels = label_frame(settings, spec, [latest_complete_cutoff(settings, spec)])
+    rows = fetch_features(settings, model.feature_service, labels)
+    metrics = classification_metrics(rows["label"].to_numpy(dtype=int), model.predict_proba(rows))
+    return {k: round(float(v), 5) for k, v in metrics.items()}
+
+
+def test_each_version_is_gated_on_the_label_it_was_trained_with(home):
+    # A churn model trained on 30-day labels was judged on the default 60-day labels.
+    short = train_model(home, "churn", trials=1, seed=5, min_class=20, horizon_days=30)
+    tags = _client(home).get_model_version("omniscore-churn", short.version).tags
+    assert tags["omniscore.label_horizon_days"] == "30"
+    assert tags["omniscore.label_lookback_days"] == "90"
+    first = promote(home, "churn", policy=POLICY)
+    thirty_days = LabelSpec("churn", 30, 90)
+    assert first.challenger_metrics == _metrics_on_label(
+        home, "omniscore-churn", short.version, thirty_days
+    )
+    assert first.evaluated_on.startswith("churn@") and "label 30d" in first.evaluated_on
+
+    default = train_model(home, "churn", trials=1, seed=5, min_class=20)
+    second = promote(home, "churn", policy=POLICY)
+    assert second.challenger_metrics == _metrics_on_label(
+        home, "omniscore-churn", default.version, LabelSpec.default("churn")
+    )
+    assert second.champion_metrics == _metrics_on_label(
+        home, "omniscore-churn", short.version, thirty_days
+    )
+    assert "challenger churn@" in second.evaluated_on and "label 60d" in second.evaluated_on
+    assert "champion churn@" in second.evaluated_on and "label 30d" in second.evaluated_on

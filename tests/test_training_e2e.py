@@ -7,6 +7,7 @@ loader's contract (percentiles, bands, SHAP contributions, SHA-256 check) and de
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from training.model_io import IntegrityError, load_champion, load_version
 from training.train import MEMORY_STORAGE, train_model
 
 TRIALS = 3
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +57,13 @@ def test_parent_run_nested_trials_metrics_and_lineage(home, trained):
     assert "any purchase" in tags["omniscore.label_definition"]
     assert tags["omniscore.cutoffs"].startswith("train=")
     assert tags["omniscore.seed"] == "3" and tags["omniscore.event_data_hash"]
-    assert tags["omniscore.git_commit"]
+    # The commit of the code that trained the model: this checkout's HEAD.
+    head = subprocess.run(
+        ["git", "-c", f"safe.directory={ROOT}", "-C", str(ROOT), "rev-parse", "HEAD"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert len(head) == 40 and tags["omniscore.git_commit"] == head
+    assert tags["mlflow.source.git.commit"] == head
     children = client.search_runs(
         [result.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'"
     )
