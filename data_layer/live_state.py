@@ -279,6 +279,11 @@ class LiveState:
         path.parent.mkdir(parents=True, exist_ok=True)
         return cls(_SqliteBackend(path), settings)
 
+    @property
+    def settings(self) -> Settings:
+        """The home whose event store and customers table :meth:`bootstrap` reads."""
+        return self._settings
+
     def close(self) -> None:
         """Release the connections."""
         self._backend.close()
@@ -359,15 +364,13 @@ class LiveState:
             return 0
         con = duckdb.connect()
         try:
-            newest = con.execute(f"SELECT max(event_timestamp) FROM {source}").fetchone()[0]
+            newest = con.sql(f"SELECT max(event_timestamp) FROM {source}").fetchall()[0][0]
             if newest is None:
                 return 0
             if at is None:
                 at = min(pd.Timestamp.now(tz="UTC"), pd.Timestamp(newest).tz_convert("UTC"))
             columns = ", ".join(c for c in EVENT_COLUMNS)
-            reader = con.execute(f"SELECT {columns} FROM {source}").fetch_record_batch(
-                _BOOTSTRAP_CHUNK
-            )
+            reader = con.sql(f"SELECT {columns} FROM {source}").to_arrow_reader(_BOOTSTRAP_CHUNK)
             total = 0
             for chunk in reader:
                 self.fold(chunk.to_pandas(), at)
