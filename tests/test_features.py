@@ -741,3 +741,40 @@ def test_build_features_writes_views_and_replaces_same_t(tmp_path) -> None:
         assert (created == 1).all()
     kept = frames["profile"].set_index("event_timestamp")["created_timestamp"]
     assert kept.loc[T].iloc[0] < kept.loc[T2].iloc[0]
+
+
+def test_build_features_at_instants_and_from_the_cli(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from omniscore.cli import app
+
+    home = Settings.from_env(tmp_path)
+    write_events(home, _events(EVENTS_G))
+    write_customers(home, CUSTOMERS_TI)
+    report = build_features(home, at=["2024-06-01T15:30:00Z", TI, "2024-05-31 08:00"])
+    assert report.snapshots == [pd.Timestamp("2024-05-31 08:00", tz="UTC"), TI]
+    # 05-31 08:00: G only (H signs up 06-01 12:00); TI: G and H
+    assert report.rows == 1 + 2
+    stored = _view_frames(home)["transactions"]
+    assert _row(stored, "G", TI)["revenue_90d"] == 170.0
+
+    result = CliRunner().invoke(
+        app,
+        [
+            "features",
+            "build",
+            "--at",
+            "2024-06-01T16:00:00Z",
+            "--at",
+            "2024-06-01T17:00:00+01:00",
+            "--home",
+            str(tmp_path),
+        ],  # fmt: skip
+    )
+    assert result.exit_code == 0, result.output
+    assert "2024-06-01T16:00:00+00:00" in result.output
+    stamps = set(_view_frames(home)["profile"]["event_timestamp"])
+    assert stamps == {pd.Timestamp("2024-05-31 08:00", tz="UTC"), TI,
+                      pd.Timestamp("2024-06-01 16:00", tz="UTC")}  # fmt: skip
+    bad = CliRunner().invoke(app, ["features", "build", "--at", "noon", "--home", str(tmp_path)])
+    assert bad.exit_code != 0 and "not an instant" in bad.output
