@@ -67,6 +67,7 @@ TIMESTAMP = "event_timestamp"
 _DOUBLE_TAG = 0x29  # ValueProto field 5 (double_val), wire type 1 (64-bit)
 _STRING_TAG = 0x12  # ValueProto field 2 (string_val), wire type 2 (length-delimited)
 _TAGGED_DOUBLE = np.dtype([("tag", "u1"), ("value", "<f8")])
+_NO_CELLS = np.zeros(0, dtype=np.int64)
 TEXT_WIDTH = 24
 """Longest ``str(float)`` (e.g. ``-2.2250738585072014e-308``)."""
 SLOT = 9 + TEXT_WIDTH
@@ -127,11 +128,9 @@ def _feast_format(function):
 @_feast_format
 def entity_keys(customer_ids: Sequence[str], version: int = 3) -> list[bytes]:
     """Feast's serialised entity key of each customer id (``serialize_entity_key``)."""
-    key = EntityKeyProto(join_keys=[JOIN_KEY], entity_values=[ValueProto(string_val="x")])
-    sample = serialize_entity_key(key, entity_key_serialization_version=version)
-    # v3 layout for one string key: a constant header, then len(value) as <I, then the value.
-    prefix = sample[:-5]
-    if version != 3 or prefix + struct.pack("<I", 1) + b"x" != sample:
+    prefix = _string_key_prefix(version)
+    if prefix is None:
+        key = EntityKeyProto(join_keys=[JOIN_KEY], entity_values=[ValueProto()])
         out = []
         for cid in customer_ids:
             key.entity_values[0].string_val = cid
@@ -139,6 +138,18 @@ def entity_keys(customer_ids: Sequence[str], version: int = 3) -> list[bytes]:
         return out
     pack = struct.Struct("<I").pack
     return [prefix + pack(len(raw)) + raw for raw in (cid.encode("utf-8") for cid in customer_ids)]
+
+
+@functools.cache
+def _string_key_prefix(version: int) -> bytes | None:
+    """The bytes every serialised key of one string ``customer_id`` starts with, when the
+    layout is that prefix, ``len(value)`` as ``<I``, then the value (v3); None otherwise."""
+    key = EntityKeyProto(join_keys=[JOIN_KEY], entity_values=[ValueProto(string_val="x")])
+    sample = serialize_entity_key(key, entity_key_serialization_version=version)
+    prefix = sample[:-5]
+    if version != 3 or prefix + struct.pack("<I", 1) + b"x" != sample:
+        return None
+    return prefix
 
 
 # --- value encoding (pure) -----------------------------------------------------------------
@@ -296,7 +307,7 @@ def _decoded(raw: bytes):
     return value
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Cells:
     """Decoded online features of some customers, in a requested feature order.
 
@@ -327,8 +338,6 @@ def decode_cells(
     """
     lengths = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs))
     decoded = np.zeros(len(blobs), dtype=bool)
-    doubles = np.zeros(0, dtype=np.int64)
-    values = np.zeros(0, dtype=np.float64)
     nine = lengths == 9
     if nine.any():
         packed = np.frombuffer(b"".join(compress(blobs, nine.tolist())), dtype=_TAGGED_DOUBLE)
@@ -337,20 +346,21 @@ def decode_cells(
         doubles = np.flatnonzero(nine)[is_double]
         values = packed["value"][is_double]
         decoded[doubles] = True
-    others = np.flatnonzero(~decoded & (lengths > 0)).tolist()
-    other_values = [_decoded(blobs[i]) for i in others]
-    if None in other_values:  # a ValueProto holding an explicit null
-        others = [i for i, value in zip(others, other_values, strict=True) if value is not None]
-        other_values = [value for value in other_values if value is not None]
-    return Cells(
-        seconds=seconds,
-        rows=rows[doubles],
-        cols=cols[doubles],
-        values=values,
-        other_rows=rows[others].tolist(),
-        other_cols=cols[others].tolist(),
-        others=other_values,
-    )
+    else:
+        doubles = _NO_CELLS
+        values = np.zeros(0, dtype=np.float64)
+    cells = Cells(seconds, rows[doubles], cols[doubles], values, [], [], [])
+    others = np.flatnonzero(~decoded & (lengths > 0))
+    if others.size:
+        for i, row, col in zip(
+            others.tolist(), rows[others].tolist(), cols[others].tolist(), strict=True
+        ):
+            value = _decoded(blobs[i])
+            if value is not None:  # None: a ValueProto holding an explicit null
+                cells.other_rows.append(row)
+                cells.other_cols.append(col)
+                cells.others.append(value)
+    return cells
 
 
 # --- timestamps ----------------------------------------------------------------------------
@@ -712,8 +722,7 @@ def decode_sqlite_rows(
     """
     seconds = np.full((n_customers, n_views), missing, dtype=np.int64)
     if not fetched:
-        empty = np.zeros(0, dtype=np.int64)
-        return decode_cells(seconds, empty, empty, [])
+        return decode_cells(seconds, _NO_CELLS, _NO_CELLS, [])
     # Per-cell work stays in C (zip, map over dict lookups, np.fromiter): a 100-id
     # request is 11,200 cells.
     views, rows, names, blobs, stamps = zip(*fetched, strict=True)

@@ -141,7 +141,14 @@ def fill_batch(
     layout: FeatureLayout, customer_ids: list[str], cells: online_format.Cells
 ) -> FeatureBatch:
     """The batch of ``customer_ids`` holding decoded ``cells`` (positions in ``layout``)."""
-    batch = empty_batch(layout, customer_ids)
+    n = len(customer_ids)
+    batch = FeatureBatch(
+        customer_ids=list(customer_ids),
+        numeric=np.full((n, len(layout.names)), np.nan),
+        strings={s: np.full(n, None, dtype=object) for s in layout.strings},
+        timestamps=cells.seconds,
+        known=(cells.seconds != _MISSING_TS).any(axis=1),
+    )
     batch.numeric[cells.rows, cells.cols] = cells.values
     if cells.others:
         string_col = {layout.names.index(s): s for s in layout.strings}
@@ -151,8 +158,6 @@ def fill_batch(
                 batch.strings[name][row] = str(value)
             elif isinstance(value, int | float):
                 batch.numeric[row, col] = float(value)
-    batch.timestamps = cells.seconds
-    batch.known = (cells.seconds != _MISSING_TS).any(axis=1)
     return batch
 
 
