@@ -100,6 +100,8 @@ class AcceptReport:
     """The live state's ``FoldReport``, when a state was given."""
     online_rows: int = 0
     """Customer rows rewritten in the Feast online store."""
+    features: pd.DataFrame | None = None
+    """The features written there (``LiveState.features`` of ``customers`` at ``now``)."""
     seconds: dict[str, float] = field(default_factory=dict)
     """Time spent per stage (validate, store, fold, online)."""
 
@@ -261,6 +263,8 @@ _TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:Z
 _INTEGRAL = re.compile(_INTEGRAL_FLOAT)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CHANNEL_SET = frozenset(CHANNELS)
+_MIN_US = pd.Timestamp.min.value // 1000 + 1
+_MAX_US = pd.Timestamp.max.value // 1000 - 1
 
 
 def _plain_text(value: Any, identifier: bool) -> bool:
@@ -298,6 +302,8 @@ def _canonical_row(record: dict) -> tuple | None:
     event_type = record.get("event_type")
     if not _plain_text(customer_id, True) or not isinstance(stamp, str):
         return None
+    if not isinstance(channel, str) or not isinstance(event_type, str):
+        return None
     if channel not in _CHANNEL_SET or event_type not in EVENT_TYPES:
         return None
     if not _TIMESTAMP.match(stamp):
@@ -307,6 +313,8 @@ def _canonical_row(record: dict) -> tuple | None:
     except ValueError:
         return None
     micros = (moment - _EPOCH) // timedelta(microseconds=1)
+    if not _MIN_US <= micros <= _MAX_US:  # outside pandas' nanosecond range: ingest decides
+        return None
     amount = record.get("amount")
     if amount is not None:
         amount = _number(amount)
@@ -497,6 +505,9 @@ def accept_events(
         timings["fold"] = time.perf_counter() - mark
         if online is not None:
             mark = time.perf_counter()
-            report.online_rows = online.write(state.features(customers, now), now)
+            report.features = state.features(customers, now)
+            timings["features"] = time.perf_counter() - mark
+            mark = time.perf_counter()
+            report.online_rows = online.write(report.features, now)
             timings["online"] = time.perf_counter() - mark
     return report

@@ -135,6 +135,7 @@ class _Connection:
 
 
 _connections: dict[Path, _Connection] = {}
+_readers = threading.local()
 
 
 def _connect(settings: Settings) -> sqlite3.Connection:
@@ -299,6 +300,54 @@ def pending_count(settings: Settings) -> int:
         return 0
     with store_lock(settings):
         return _connect(settings).execute("SELECT count(*) FROM pending").fetchone()[0]
+
+
+def _reader(settings: Settings) -> sqlite3.Connection | None:
+    """A read-only connection of this thread to the segment (None when there is none)."""
+    path = segment_path(settings)
+    cached = getattr(_readers, "connections", None)
+    if cached is None:
+        cached = _readers.connections = {}
+    entry = cached.get(path)
+    try:
+        inode = os.stat(path).st_ino
+    except FileNotFoundError:
+        return None
+    if entry is None or entry[1] != inode:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        entry = cached[path] = (conn, inode)
+    return entry[0]
+
+
+def last_seq(settings: Settings) -> int:
+    """The sequence number of the newest live event ever appended (0 when none)."""
+    conn = _reader(settings)
+    if conn is None:
+        return 0
+    try:
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'pending'").fetchone()
+    except sqlite3.OperationalError:  # created but no table yet
+        return 0
+    return int(row[0]) if row else 0
+
+
+def customers_since(settings: Settings, seq: int) -> tuple[int, set[str] | None]:
+    """``(newest sequence number, customers with live events appended after seq)``.
+
+    The set is None when some of those events were sealed away already (their customers can
+    no longer be told; a cache must then forget everything). One indexed read, no lock.
+    """
+    newest = last_seq(settings)
+    if newest == seq:
+        return newest, set()
+    if newest < seq:  # the segment was reset (the store replaced)
+        return newest, None
+    conn = _reader(settings)
+    rows = conn.execute("SELECT min(seq) FROM pending WHERE seq > ?", (seq,)).fetchone()
+    if rows[0] is None or rows[0] != seq + 1:
+        return newest, None
+    found = conn.execute("SELECT DISTINCT customer_id FROM pending WHERE seq > ?", (seq,))
+    return newest, {row[0] for row in found}
 
 
 def seal(settings: Settings) -> Path | None:

@@ -24,6 +24,9 @@ ENV = {
     "reload_interval": "OMNISCORE_RELOAD_INTERVAL",
     "online_read": "OMNISCORE_ONLINE_READ",
     "pinned_models": "OMNISCORE_PINNED_MODELS",
+    "clock": "OMNISCORE_CLOCK",
+    "max_events": "OMNISCORE_MAX_EVENTS",
+    "features": "OMNISCORE_SERVE_FEATURES",
 }
 """Environment variable of each :class:`ServeConfig` field."""
 PINNED_MODELS_FILE = Path(__file__).resolve().parent / "pinned_models.json"
@@ -51,7 +54,15 @@ class ServeConfig:
     - ``reload_interval``: seconds between registry checks for a moved ``champion``
       (0 turns polling off; ``POST /admin/reload`` still works);
     - ``online_read``: ``auto``, ``direct`` or ``feast`` (see :mod:`serving.online`);
-    - ``pinned_models``: a JSON file of versions to serve instead of following ``champion``.
+    - ``pinned_models``: a JSON file of versions to serve instead of following ``champion``;
+    - ``clock``: an ISO-8601 instant that fixes the service's clock (tests and replays):
+      ``/score``, ``GET /customers/{id}`` and the late/future rules of ``POST /events`` then
+      work as of that instant;
+    - ``max_events``: events per ``POST /events`` request;
+    - ``features``: ``live`` (features computed as of each request's instant from the live
+      state, so windows slide with time), ``online`` (the rows last written to the Feast
+      online store, as of their snapshot time) or ``auto`` (live as soon as the live state
+      holds anything: bootstrapped by ``features materialize`` or fed by live events).
     """
 
     api_key: str | None = None
@@ -63,6 +74,9 @@ class ServeConfig:
     reload_interval: float = 30.0
     online_read: str = "auto"
     pinned_models: str | None = None
+    clock: str | None = None
+    max_events: int = 1000
+    features: str = "auto"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServeConfig:
@@ -94,6 +108,9 @@ class ServeConfig:
             reload_interval=get("reload_interval", float),
             online_read=get("online_read", str),
             pinned_models=pinned,
+            clock=get("clock", str),
+            max_events=get("max_events", int),
+            features=get("features", str),
         )
         config.validate()
         return config
@@ -121,3 +138,14 @@ class ServeConfig:
         for wrong, field, rule in problems:
             if wrong:
                 raise ServeConfigError(f"{ENV[field]} ({field}) {rule}")
+        if self.features not in ("auto", "live", "online"):
+            raise ServeConfigError(f"{ENV['features']} (features) must be auto, live or online")
+        if self.max_events < 1:
+            raise ServeConfigError(f"{ENV['max_events']} (max_events) must be at least 1")
+        if self.clock is not None:
+            from data_layer.live_ingest import parse_clock
+
+            try:
+                parse_clock(self.clock)
+            except ValueError as exc:
+                raise ServeConfigError(str(exc)) from None

@@ -37,6 +37,9 @@ INLINE_IDS = 8
 standalone Redis are read and scored on the event loop; larger ones, explanations and other
 stores go to a worker thread."""
 EXAMPLE_VERSIONS = {"propensity": "3", "churn": "2", "segments": "1"}
+RECENT_EVENTS = 20
+"""Events listed by ``GET /customers/{id}``."""
+
 
 CustomerId = Annotated[
     str,
@@ -213,6 +216,110 @@ class ReloadResponse(BaseModel):
     )
 
 
+# --- live events and the customer view -----------------------------------------------------
+EVENT_EXAMPLE = {
+    "event_id": "pos-20260603-000917",
+    "customer_id": "C000042",
+    "event_timestamp": "2026-06-03T14:21:07Z",
+    "channel": "store",
+    "event_type": "purchase",
+    "amount": 59.9,
+    "session_id": None,
+    "device": None,
+    "rating": None,
+    "campaign_id": None,
+}
+
+
+class EventsRequest(BaseModel):
+    """Canonical events to ingest live."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"example": {"events": [EVENT_EXAMPLE]}}
+    )
+
+    events: list[dict] = Field(
+        min_length=1,
+        max_length=CONFIG.max_events,
+        description=f"1 to {CONFIG.max_events} events (OMNISCORE_MAX_EVENTS) in the canonical "
+        "schema: customer_id, event_timestamp (ISO 8601; naive means UTC), channel, "
+        "event_type and amount (required on purchases), optionally session_id, device, rating "
+        "(1-5), campaign_id, event_id (default: a hash of the content) and family (checked "
+        "against event_type). Validated like `omniscore ingest`; each event gets a result.",
+        examples=[[EVENT_EXAMPLE]],
+    )
+
+
+class EventResultOut(BaseModel):
+    """What happened to one posted event."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: str | None = Field(
+        description="The stored event id (given, or the content hash); for a rejected event "
+        "the id it carried, if any.",
+        examples=["pos-20260603-000917"],
+    )
+    status: Literal["accepted", "duplicate", "rejected"] = Field(
+        description="accepted: stored durably now; duplicate: an event with this id was "
+        "already stored (nothing changes); rejected: invalid, quarantined with the reason.",
+        examples=["accepted"],
+    )
+    reason: str | None = Field(
+        description="Why the event was rejected (null otherwise).", examples=[None]
+    )
+
+
+class EventsResponse(BaseModel):
+    """One result per posted event, in order."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    results: list[EventResultOut] = Field(description="Results in the order of the events.")
+
+
+class RecentEvent(BaseModel):
+    """One of the customer's latest events, on any channel."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: str = Field(description="Stored event id.")
+    event_timestamp: str = Field(description="UTC, ISO 8601.", examples=["2026-06-03T14:21:07Z"])
+    channel: str = Field(description="Channel of the event.", examples=["store"])
+    event_type: str = Field(description="Event type (docs/ingest.md).", examples=["purchase"])
+    family: str = Field(description="Signal family of the event type.", examples=["transactional"])
+    amount: float | None = Field(description="Money, for purchases and returns.")
+    session_id: str | None = Field(description="Session id, when the event had one.")
+    rating: float | None = Field(description="Rating 1-5, for reviews and surveys.")
+
+
+class CustomerView(BaseModel):
+    """A customer's complete current context, as of the service's clock."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    customer_id: str = Field(description="The id as requested.", examples=["C000042"])
+    as_of: str = Field(
+        description="The instant (UTC, ISO 8601) the features and scores are computed for: "
+        "the request's, or OMNISCORE_CLOCK when set.",
+        examples=["2026-06-03T14:25:00Z"],
+    )
+    features: dict[str, float | str | None] = Field(
+        description="Every served feature by name (docs/features.md), null when missing."
+    )
+    propensity: ModelScore = Field(description="Purchase propensity.")
+    churn: ModelScore = Field(description="Churn risk.")
+    segment: SegmentOut = Field(description="Behavioural segment.")
+    model_versions: ModelVersions = Field(description="Model versions used.")
+    computed_at: str = Field(
+        description="When the scores were computed (UTC, ISO 8601; the service's clock).",
+        examples=["2026-06-03T14:25:00Z"],
+    )
+    recent_events: list[RecentEvent] = Field(
+        description="The customer's most recent events across channels, newest first."
+    )
+
+
 # --- metrics ------------------------------------------------------------------------------
 @cache
 def _metrics() -> dict:
@@ -230,6 +337,11 @@ def _metrics() -> dict:
         "unavailable": bentoml.metrics.Counter(
             name="omniscore_online_store_unavailable_total",
             documentation="Requests answered 503 because the online store failed.",
+        ),
+        "events": bentoml.metrics.Counter(
+            name="omniscore_events_total",
+            documentation="Events posted to POST /events, by result status.",
+            labelnames=["status"],
         ),
         "seconds": bentoml.metrics.Histogram(
             name="omniscore_score_seconds",
@@ -252,6 +364,14 @@ def _freeze_heap() -> None:
     260 small registry-client objects per model load (measured), no model data.
     """
     gc.freeze()
+
+
+def _number(value) -> float | None:
+    """A float for JSON: None for a missing value (NaN, None)."""
+    if value is None:
+        return None
+    value = float(value)
+    return None if value != value else value
 
 
 def _error(status: int, error: str, message: str) -> JSONResponse:
@@ -294,6 +414,7 @@ class OmniScore:
         self._stop = threading.Event()
         self._pinned = self._read_pins()
         self._limiter = None  # created on the event loop by the first request
+        self._open_live()
         try:
             self.reload(force=True)
         except Exception as exc:  # serve /healthz and a reasoned /readyz while retrying
@@ -305,6 +426,123 @@ class OmniScore:
                 target=self._watch, args=(interval,), name="omniscore-reload", daemon=True
             )
             self._watcher.start()
+
+    # -- live state ----------------------------------------------------------------------
+    def _open_live(self) -> None:
+        """The live state, the clock and the feature cache (see :mod:`serving.live`)."""
+        from data_layer.live_ingest import parse_clock
+        from data_layer.live_state import LiveState
+        from serving.live import LiveFeatures
+
+        self.clock = parse_clock(self.config.clock)
+        self.live = LiveState.open(self.settings)
+        self.live_features = (
+            LiveFeatures(self.live, self.settings) if self.config.features != "online" else None
+        )
+        self._live_on = False
+        self._online_writer = None
+        self._accept_lock = threading.Lock()
+
+    def serving_live(self) -> bool:
+        """Whether features come from the live state (``features`` live, or auto and the
+        state holds anything; once on, it stays on)."""
+        if self._live_on or self.live_features is None:
+            return self._live_on
+        if self.config.features == "live" or self.live.horizon() is not None:
+            self._live_on = True
+        return self._live_on
+
+    def now(self):
+        """The service's clock: OMNISCORE_CLOCK when set, else the current UTC time."""
+        from data_layer.live_ingest import utc_now
+
+        return utc_now(self.clock)
+
+    def accept(self, events: list) -> list[dict]:
+        """``POST /events``: accept, fold, rewrite online features, refresh the cache."""
+        from data_layer.live_ingest import OnlineFeatureWriter, accept_events
+
+        now = self.now()
+        with self._accept_lock:  # one fold at a time in this process (the state's cursor)
+            if self._online_writer is None:
+                try:
+                    self._online_writer = OnlineFeatureWriter(self.settings, self.store)
+                except Exception:
+                    logger.exception("the Feast online store cannot be written; events are "
+                                     "still stored and folded")  # fmt: skip
+            report = accept_events(
+                self.settings,
+                events,
+                now,
+                self.live,
+                online=self._online_writer,
+                source="POST /events",
+            )
+            cache = self.live_features
+            if cache is not None and report.customers:
+                cache.sync()  # forget what other processes changed, then what this one did
+                cache.invalidate(report.customers)
+                if report.features is not None:
+                    cache.remember(report.features, now)
+        _metrics()["events"].labels(status="accepted").inc(report.accepted)
+        _metrics()["events"].labels(status="duplicate").inc(report.duplicates)
+        _metrics()["events"].labels(status="rejected").inc(report.rejected)
+        return [
+            {"event_id": r.event_id, "status": r.status, "reason": r.reason} for r in report.results
+        ]
+
+    def customer_view(self, customer_id: str) -> dict | None:
+        """``GET /customers/{id}``: features, scores, segment and recent events (None: unknown)."""
+        from serving.scoring import score, to_records
+
+        models = self.models
+        if models is None:
+            raise RuntimeError("models not loaded")
+        if not self.live.known([customer_id])[0]:
+            return None
+        now = self.now()
+        batch = self._batch(models, [customer_id], now)
+        record = to_records(score(models, batch))[0]
+        features = {}
+        for j, name in enumerate(models.layout.names):
+            if name in batch.strings:
+                features[name] = batch.strings[name][0]
+            else:
+                value = float(batch.numeric[0, j])
+                features[name] = None if value != value else value
+        recent = self.live.recent_events(customer_id, limit=RECENT_EVENTS)
+        events = []
+        for row in recent.to_dict("records"):
+            events.append(
+                {
+                    "event_id": row["event_id"],
+                    "event_timestamp": row["event_timestamp"].isoformat().replace("+00:00", "Z"),
+                    "channel": row["channel"],
+                    "event_type": row["event_type"],
+                    "family": row["family"],
+                    "amount": _number(row.get("amount")),
+                    "session_id": row.get("session_id"),
+                    "rating": _number(row.get("rating")),
+                }
+            )
+        stamp = now.isoformat().replace("+00:00", "Z")
+        return {
+            "customer_id": customer_id,
+            "as_of": stamp,
+            "features": features,
+            "propensity": record["propensity"],
+            "churn": record["churn"],
+            "segment": record["segment"],
+            "model_versions": record["model_versions"],
+            "computed_at": stamp,
+            "recent_events": events,
+        }
+
+    def _batch(self, models, customer_ids: list[str], at=None):
+        """Features of the customers: live as of the clock, or as the online store holds them."""
+        if self.serving_live():
+            return self.live_features.batch(models.layout, customer_ids, at or self.now())
+        return self.reader.read(models.layout, customer_ids)
 
     # -- models --------------------------------------------------------------------------
     def _read_pins(self) -> dict[str, str] | None:
@@ -402,11 +640,15 @@ class OmniScore:
         small = explain is False and len(customer_ids) <= INLINE_IDS
         reader = self.reader
         try:
-            if small and reader.method == "direct" and reader.sqlite:
+            live = self.live_features if self.serving_live() else None
+            if small and live is not None and live.cached(customer_ids, self.now()):
+                # Cached live features need only the time-linear ones recomputed.
+                records = self._score_sync(models, customer_ids, False)
+            elif small and live is None and reader.method == "direct" and reader.sqlite:
                 # A few ids from the local SQLite file take well under a millisecond: handing
                 # them to a worker thread and back would cost as much.
                 records = self._score_sync(models, customer_ids, False)
-            elif small and reader.reads_async:
+            elif small and live is None and reader.reads_async:
                 # Redis read on the event loop, without a thread hop; its socket timeouts and
                 # this deadline bound a server that stops answering.
                 with anyio.fail_after(self.config.timeout):
@@ -440,7 +682,7 @@ class OmniScore:
         return ScoreResponse.model_validate({"scores": records, "model_versions": models.versions})
 
     def _score_sync(self, models, customer_ids: list[str], explain: bool) -> list[dict]:
-        return self._records(models, self.reader.read(models.layout, customer_ids), explain)
+        return self._records(models, self._batch(models, customer_ids), explain)
 
     def _records(self, models, batch, explain: bool) -> list[dict]:
         """Score a batch, count its customers in the metrics, and return the JSON records."""
@@ -454,6 +696,20 @@ class OmniScore:
         if known < len(scores):
             counter.labels(known="false").inc(len(scores) - known)
         return to_records(scores)
+
+    @bentoml.api(route="/events", input_spec=EventsRequest, output_spec=EventsResponse)
+    async def events(self, events: list[dict]) -> EventsResponse:
+        """Ingest canonical events live: each is validated like ``omniscore ingest``, stored
+        durably in the event store before the answer (exactly once: an id already stored is a
+        duplicate), folded into the live state and the customer's features rewritten, so a
+        ``/score`` sent after this answer sees it. Rejected events are quarantined with
+        their reason. One result per event, in order."""
+        import anyio.to_thread
+
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self.config.threads)
+        results = await anyio.to_thread.run_sync(self.accept, events, limiter=self._limiter)
+        return EventsResponse.model_validate({"results": results})
 
     @bentoml.api(route="/admin/reload", input_spec=ReloadRequest, output_spec=ReloadResponse)
     async def admin_reload(self, force: bool = False) -> ReloadResponse:
@@ -471,6 +727,47 @@ class OmniScore:
             return _error(503, "reload_failed", f"{type(exc).__name__}: {exc}")
         return ReloadResponse.model_validate(result)
 
+
+def _customers_app():
+    """``GET /customers/{customer_id}``: BentoML APIs are POST-only, so the customer view is a
+    small FastAPI app mounted under ``/customers`` (it is in the OpenAPI document too)."""
+    from fastapi import FastAPI
+    from fastapi.concurrency import run_in_threadpool
+
+    app = FastAPI(title="omniscore customers", openapi_url=None, docs_url=None, redoc_url=None)
+
+    @app.get(
+        "/{customer_id}",
+        response_model=CustomerView,
+        summary="A customer's complete current context",
+        responses={
+            404: {"description": "No customer with this id: no event and no profile row."},
+            503: {"description": "The models are not loaded yet."},
+        },
+    )
+    async def customer(customer_id: str) -> CustomerView:
+        """Every served feature by name, the three scores with bands and the segment, when
+        they were computed, and the customer's most recent events across channels; all as of
+        the service's clock."""
+        service = bentoml.get_current_service()
+        if service is None or service.models is None:
+            return _error(503, "not_ready", "models not loaded")
+        if not customer_id or len(customer_id) > 128:
+            return _error(400, "bad_request", "a customer id is 1 to 128 characters")
+        view = await run_in_threadpool(service.customer_view, customer_id)
+        if view is None:
+            return _error(
+                404,
+                "not_found",
+                f"unknown customer {customer_id!r}: the live state has no event and no "
+                "profile row for this id",
+            )
+        return CustomerView.model_validate(view)
+
+    return app
+
+
+OmniScore.mount_asgi_app(_customers_app(), path="/customers", name="customers")
 
 OmniScore.add_asgi_middleware(
     Guard, api_key=CONFIG.api_key, max_body_bytes=CONFIG.max_body_bytes, readiness=_readiness

@@ -194,6 +194,32 @@ def test_the_fast_path_gives_what_ingest_gives(settings):
     assert list(compute_event_ids(accepted)) == world["event_id"].tolist()
 
 
+def test_odd_json_values_are_rejected_with_reasons_never_raised():
+    records = [
+        {"customer_id": ["a"], "event_timestamp": {"x": 1}, "channel": ["web"], "event_type": {}},
+        {**event("C1"), "event_id": 5},
+        {**event("C1"), "family": ["behavioral"]},
+        {},
+        event("C1", "0001-01-01T00:00:00Z"),  # outside the nanosecond range pandas holds
+        event("C1", "9999-12-31T23:59:59.999999Z"),
+        {**event("C1"), "rating": True},
+        {**event("C1"), "amount": "twelve"},
+    ]
+    batch = validate_records(records, NOW, 300)
+    assert batch.events.num_rows == 0
+    assert batch.reasons == [
+        "unparseable event_timestamp",
+        INVALID_EVENT_ID,
+        "family ['behavioral'] does not match event_type page_view (behavioral)",
+        "missing customer_id",
+        "unparseable event_timestamp",
+        "unparseable event_timestamp",
+        "rating out of range (1-5)",
+        "non-numeric amount: twelve",
+    ]
+    assert batch.quarantine["source_row"].tolist() == list(range(1, 9))
+
+
 def test_the_clock_setting_parses_iso_instants():
     assert parse_clock("2026-06-03T14:25:00Z") == NOW
     assert parse_clock("2026-06-03T16:25:00+02:00") == NOW
