@@ -40,7 +40,7 @@ from training.model_io import (
     vocabulary,
     write_classifier_dir,
 )
-from training.runs import Lineage, ProgressFn, TrainResult, training_run, trial_progress
+from training.runs import JobOptions, Lineage, TrainResult, training_run, trial_progress
 from training.tune import (
     make_datasets,
     make_objective,
@@ -168,13 +168,10 @@ def train_classifier(
     spec: LabelSpec,
     n_cutoffs: int,
     min_class: int,
-    experiment: str,
-    register: bool,
-    storage: str | None,
-    progress: ProgressFn | None,
+    job: JobOptions,
 ) -> TrainResult:
     """Train, evaluate, log and register one classifier (see the module docstring)."""
-    say = progress or (lambda *_: None)
+    say = job.say
     threads = settings.lgbm_thread_count
     say("features", 0, 1)
     data = ClassifierData.build(settings, model, spec, n_cutoffs, min_class)
@@ -182,13 +179,13 @@ def train_classifier(
     ts, x, y = data.ts, data.x, data.y
     names, cat_idx = ts.feature_names, data.categorical_index
     study_name = data.study_name(seed)
-    with training_run(settings, model, experiment) as run:
+    with training_run(settings, model, job.experiment) as run:
         run.timings["time_dataset"] = data.seconds
         with run.timed("time_tuning"):
             study, tuned = tune_lightgbm(
-                data.train_ds, data.valid_ds, y["valid"], trials, seed, storage, study_name,
-                callbacks=[trial_progress(progress, trials)], heartbeat=trial_heartbeat(settings),
-                threads=threads,
+                data.train_ds, data.valid_ds, y["valid"], trials, seed, job.storage, study_name,
+                callbacks=[trial_progress(job.progress, trials)],
+                heartbeat=trial_heartbeat(settings), threads=threads,
             )  # fmt: skip
         run.timings["time_trial_training"] = tuned.train_seconds
 
@@ -293,7 +290,7 @@ def train_classifier(
                         "active_lookback_days": spec.active_lookback_days,
                         "n_cutoffs": len(ts.plan.all), "min_class": min_class},
                 description=_description(model, ts, spec, data.data_hash, metrics),
-                register=register,
+                register=job.register,
                 version_tags={"omniscore.cutoffs": ts.plan.describe(),
                               "omniscore.label_definition": spec.definition(),
                               **spec.tags(),

@@ -70,6 +70,23 @@ class TrainResult:
 
 
 @dataclass(frozen=True)
+class JobOptions:
+    """How a training job runs, whatever its model: where it logs, whether it registers, where
+    its Optuna study lives and whom it tells of its progress."""
+
+    experiment: str = EXPERIMENT
+    register: bool = True
+    storage: str | None = None
+    """Optuna storage URL; ``None`` keeps the study in memory."""
+    progress: ProgressFn | None = None
+
+    def say(self, stage: str, done: int, total: int) -> None:
+        """Report progress of a stage (``features``, ``tuning``, ``refit``, ...), if asked."""
+        if self.progress:
+            self.progress(stage, done, total)
+
+
+@dataclass(frozen=True)
 class Lineage:
     """Where a model came from, logged as tags of its run: data, features, label, split, seed
     and study, plus the code's commit (:func:`git_commit`)."""

@@ -25,7 +25,7 @@ from training import evaluate as ev
 from training.contract import contract
 from training.datasets import segment_frame
 from training.model_io import write_segments_dir
-from training.runs import Lineage, ProgressFn, TrainResult, training_run, trial_progress
+from training.runs import JobOptions, Lineage, TrainResult, training_run, trial_progress
 from training.segments import (
     METHODS,
     Preprocessor,
@@ -95,13 +95,10 @@ def train_segments(
     trials: int,
     seed: int,
     *,
-    experiment: str,
-    register: bool,
-    storage: str | None,
-    progress: ProgressFn | None,
+    job: JobOptions,
 ) -> TrainResult:
     """Tune, fit, evaluate, log and register one segmentation (see the module docstring)."""
-    say = progress or (lambda *_: None)
+    say = job.say
     terms = contract(model)
     service = terms.feature_service
     features = service_features(service)
@@ -111,14 +108,15 @@ def train_segments(
     dataset_seconds = time.perf_counter() - started
     say("features", 1, 1)
     study_name, objective = segment_objective(settings, model, frame, cutoff, seed)
-    with training_run(settings, model, experiment) as run:
+    with training_run(settings, model, job.experiment) as run:
         run.timings["time_dataset"] = dataset_seconds
         with run.timed("time_tuning"):
             study = create_study(
-                storage, study_name, seed, direction="maximize",
+                job.storage, study_name, seed, direction="maximize",
                 heartbeat=trial_heartbeat(settings),
             )  # fmt: skip
-            ran = optimize(study, objective, trials, callbacks=[trial_progress(progress, trials)])
+            progress = trial_progress(job.progress, trials)
+            ran = optimize(study, objective, trials, callbacks=[progress])
         best = study.best_trial
         say("refit", 0, 1)
         with run.timed("time_refit"):
@@ -175,7 +173,7 @@ def train_segments(
                     f"{cutoff.date()}; segments: "
                     + "; ".join(f"{i}={n}" for i, n in seg.name_by_id.items())
                 ),
-                register=register,
+                register=job.register,
                 run_tags={"omniscore.segment_names": json.dumps(seg.name_by_id)},
                 version_tags={"silhouette": f"{metrics['silhouette']:.4f}"},
             )  # fmt: skip

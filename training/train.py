@@ -21,11 +21,9 @@ from training import classifier_job, segments_job
 from training.contract import CLUSTERING, MODEL_NAMES, contract
 from training.datasets import DEFAULT_CUTOFFS, DEFAULT_MIN_CLASS
 from training.labels import label_spec
-from training.runs import EXPERIMENT, ProgressFn, TrainResult
+from training.runs import EXPERIMENT, JobOptions, ProgressFn, TrainResult
 from training.tune import create_study, optimize, trial_heartbeat
 
-MODELS: tuple[str, ...] = MODEL_NAMES
-"""Every model :func:`train_all` trains, in order (the contract's names)."""
 MEMORY_STORAGE = "memory"
 """``storage_url`` that keeps the Optuna study in memory (nothing resumed, nothing shared)."""
 DATA_OPTIONS: tuple[str, ...] = ("horizon_days", "churn_lookback_days", "n_cutoffs", "min_class")
@@ -59,21 +57,19 @@ def train_model(
     support the model. Returns a :class:`~training.runs.TrainResult`.
     """
     terms = contract(model)
-    storage = _storage(settings, storage_url)
-    job = {"experiment": experiment, "register": register, "storage": storage,
-           "progress": progress}  # fmt: skip
+    job = JobOptions(experiment, register, _storage(settings, storage_url), progress)
     if terms.kind == CLUSTERING:
-        return segments_job.train_segments(settings, terms.name, trials, seed, **job)
+        return segments_job.train_segments(settings, terms.name, trials, seed, job=job)
     spec = label_spec(terms.name, horizon_days, churn_lookback_days)
     return classifier_job.train_classifier(
         settings, terms.name, trials, seed, spec=spec, n_cutoffs=n_cutoffs, min_class=min_class,
-        **job,
+        job=job,
     )  # fmt: skip
 
 
 def train_all(settings: Settings, trials: int = 20, seed: int = 42, **kwargs) -> list[TrainResult]:
     """Train every model of the contract in turn (``omniscore train all``)."""
-    return [train_model(settings, m, trials, seed, **kwargs) for m in MODELS]
+    return [train_model(settings, m, trials, seed, **kwargs) for m in MODEL_NAMES]
 
 
 def run_tuning_worker(
