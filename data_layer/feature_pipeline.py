@@ -458,33 +458,31 @@ def compute_snapshots(
     present = (signup[None, :] < t_us[:, None]) | (first[None, :] < t_us[:, None])
     t_index, c_index = np.nonzero(present)
 
-    def pick(values: np.ndarray) -> np.ndarray:
-        return values[t_index, c_index]
-
-    def as_time(us: np.ndarray, missing: np.ndarray) -> pd.Series:
-        stamps = np.where(missing, np.datetime64("NaT"), us.astype("datetime64[us]"))
-        return pd.Series(pd.to_datetime(stamps))
-
-    frame = {"T": pd.to_datetime(t_us[t_index].astype("datetime64[us]"))}
+    # Plain arrays, one entry per row: timestamps stay int64 microseconds with _MISSING_US for
+    # "none" (pandas objects per column cost more than the arithmetic at the live path's size).
+    frame: dict[str, np.ndarray] = {"T": t_us[t_index]}
     for name, values in columns.items():
-        if name.startswith("last_") or name == "first_ts":
-            raw = pick(values)
-            missing = (raw < 0) | (raw == np.iinfo(np.int64).max)
-            frame[name] = as_time(raw, missing)
-        else:
-            frame[name] = pick(values)
-    signup_rows = signup[c_index]
-    frame["signup_date"] = as_time(signup_rows, signup_rows == np.iinfo(np.int64).max)
+        raw = values[t_index, c_index]
+        if name.startswith("last_"):
+            raw = np.where(raw < 0, _MISSING_US, raw)
+        frame[name] = raw
+    frame["signup_us"] = signup[c_index]
     frame["customer_id"] = ids["customer_id"][c_index]
-    f = pd.DataFrame(frame)
-    profile = customers.drop(columns=["signup_date"]).drop_duplicates("customer_id")
-    f = f.merge(profile, on="customer_id", how="left")
-    return _derive(f)
+    profile = customers.drop_duplicates("customer_id").set_index("customer_id")
+    for col in _PROFILE_COLUMNS:
+        if col in profile:
+            frame[col] = profile[col].reindex(frame["customer_id"]).to_numpy(dtype=object)
+    return _derive(frame)
 
 
-def _days_between(later: pd.Series, earlier: pd.Series) -> np.ndarray:
-    delta = pd.to_datetime(later) - pd.to_datetime(earlier)
-    return (delta.dt.total_seconds() / 86400.0).to_numpy(dtype="float64")
+_MISSING_US = np.iinfo(np.int64).max
+_PROFILE_COLUMNS = ("region", "age_band", "loyalty_tier", "preferred_device")
+
+
+def _days_between(later_us: np.ndarray, earlier_us: np.ndarray) -> np.ndarray:
+    """Fractional days from ``earlier_us`` to ``later_us`` (NaN where earlier is missing)."""
+    seconds = (later_us - np.where(earlier_us == _MISSING_US, later_us, earlier_us)) / 1e6
+    return np.where(earlier_us == _MISSING_US, np.nan, seconds / 86400.0)
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -492,14 +490,15 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
         return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
 
 
-def _derive(f: pd.DataFrame) -> pd.DataFrame:
+def _derive(f: dict[str, np.ndarray]) -> pd.DataFrame:
     """Turn window sums and last-seen timestamps into the catalog's features."""
     long = LONG_WINDOW_DAYS
+    rows = len(f["T"])
 
     def total(col: str) -> np.ndarray:
-        return f[col].fillna(0).to_numpy(dtype="float64") if col in f else np.zeros(len(f))
+        return f[col].astype("float64") if col in f else np.zeros(rows)
 
-    out: dict[str, np.ndarray | pd.Series] = {}
+    out: dict[str, np.ndarray | pd.api.extensions.ExtensionArray] = {}
     for ch in CHANNELS:
         for w in ACTIVITY_WINDOWS_DAYS:
             out[f"{ch}_events_{w}d"] = total(f"n_{ch}__{w}")
@@ -557,24 +556,20 @@ def _derive(f: pd.DataFrame) -> pd.DataFrame:
     out["events_trend_30d"] = np.log((total("n_all__30") + 1) / (total("n_all__prev30") + 1))
     out["revenue_trend_30d"] = np.log((total("rev__30") + 1) / (total("rev__prev30") + 1))
     # A customer seen before their recorded signup existed from that first event on.
-    seen = f["first_ts"].where(f["first_ts"] < f["T"])
-    started = pd.concat([f["signup_date"], seen], axis=1).min(axis=1)
-    out["tenure_days"] = _days_between(f["T"], started)
-    for col in ("region", "age_band", "loyalty_tier", "preferred_device"):
-        out[col] = (
-            f[col].astype("string") if col in f else pd.array([None] * len(f), dtype="string")
-        )
+    seen = np.where(f["first_ts"] < f["T"], f["first_ts"], _MISSING_US)
+    out["tenure_days"] = _days_between(f["T"], np.minimum(f["signup_us"], seen))
+    for col in _PROFILE_COLUMNS:
+        values = f[col] if col in f else np.full(rows, None, dtype=object)
+        out[col] = pd.array(np.where(pd.isna(values), None, values), dtype="string")
 
-    result = pd.DataFrame(
-        {
-            "customer_id": f["customer_id"].astype("string").to_numpy(),
-            "event_timestamp": pd.to_datetime(f["T"]).dt.tz_localize("UTC").to_numpy(),
-        }
-    )
-    features = pd.DataFrame({name: out[name] for name in FEATURE_NAMES})
-    result = pd.concat([result, features], axis=1)
-    result["event_timestamp"] = pd.to_datetime(result["event_timestamp"], utc=True)
-    return result
+    result = {
+        "customer_id": f["customer_id"].astype(str).astype(object),
+        "event_timestamp": pd.DatetimeIndex(f["T"].astype("datetime64[us]"))
+        .as_unit("ns")
+        .tz_localize("UTC"),
+    }
+    result.update((name, out[name]) for name in FEATURE_NAMES)
+    return pd.DataFrame(result)
 
 
 def write_snapshots(settings: Settings, snapshots: pd.DataFrame, built_at: datetime) -> list[str]:
