@@ -375,7 +375,34 @@ def _number(value) -> float | None:
 
 
 def _error(status: int, error: str, message: str) -> JSONResponse:
+    """An error response in the documented shape (``serving.openapi.ERROR_SCHEMA``)."""
     return JSONResponse({"error": error, "message": message}, status_code=status)
+
+
+def _failure(exc: BaseException) -> str:
+    """What a client is told about an exception: its type only. Its text can name server
+    paths or connection URLs; it goes to the log."""
+    return f"{type(exc).__name__} (details in the server log)"
+
+
+def _published_document() -> dict:
+    """The OpenAPI document served at ``/docs.json`` (see :mod:`serving.openapi`)."""
+    from serving.openapi import published_document
+
+    return published_document(
+        OmniScore.openapi_spec.asdict(),
+        secured=bool(CONFIG.api_key),
+        extra_responses=EXTRA_RESPONSES,
+    )
+
+
+EXTRA_RESPONSES = {
+    ("/admin/reload", "post"): {
+        403: "No API key is configured, so the reload is refused.",
+        503: "The reload failed; the models served before stay in service.",
+    },
+}
+"""Statuses an endpoint answers beyond those every endpoint can (``serving.openapi``)."""
 
 
 def _readiness() -> tuple[bool, dict]:
@@ -393,7 +420,9 @@ def _readiness() -> tuple[bool, dict]:
     name="omniscore",
     workers=1,
     threads=CONFIG.threads,
-    traffic={"timeout": CONFIG.timeout + 5, "max_concurrency": CONFIG.max_concurrency},
+    # The Guard middleware enforces the concurrency limit and a deadline of timeout + 5 s
+    # with documented error bodies; BentoML's own timeout stays only as a backstop.
+    traffic={"timeout": CONFIG.timeout + 10},
     http={"host": DEFAULT_HOST, "port": DEFAULT_PORT},
 )
 class OmniScore:
@@ -419,7 +448,7 @@ class OmniScore:
             self.reload(force=True)
         except Exception as exc:  # serve /healthz and a reasoned /readyz while retrying
             logger.exception("loading the models failed; retrying every reload interval")
-            self.load_error = f"{type(exc).__name__}: {exc}"
+            self.load_error = _failure(exc)
         interval = self.config.reload_interval or (5.0 if self.models is None else 0)
         if interval:
             self._watcher = threading.Thread(
@@ -598,7 +627,7 @@ class OmniScore:
             except Exception as exc:
                 logger.warning("model reload failed, keeping the current set: %s", exc)
                 if self.models is None:
-                    self.load_error = f"{type(exc).__name__}: {exc}"
+                    self.load_error = _failure(exc)
 
     def readiness(self) -> tuple[bool, dict]:
         """``(ready, detail)``: models loaded and the online store answering."""
@@ -611,6 +640,7 @@ class OmniScore:
         try:
             self.reader.ping(models.layout)
         except OnlineStoreUnavailable as exc:
+            logger.warning("online store unavailable: %s (cause: %s)", exc, exc.__cause__)
             return False, {**detail, "reason": str(exc)}
         return True, detail
 
@@ -677,6 +707,7 @@ class OmniScore:
             )
         except OnlineStoreUnavailable as exc:
             _metrics()["unavailable"].inc()
+            logger.warning("online store unavailable: %s (cause: %s)", exc, exc.__cause__)
             return _error(503, "online_store_unavailable", str(exc))
         _metrics()["seconds"].observe(time.perf_counter() - started)
         return ScoreResponse.model_validate({"scores": records, "model_versions": models.versions})
@@ -724,7 +755,8 @@ class OmniScore:
         try:
             result = await anyio.to_thread.run_sync(self.reload, force)
         except Exception as exc:
-            return _error(503, "reload_failed", f"{type(exc).__name__}: {exc}")
+            logger.exception("the requested reload failed; keeping the current models")
+            return _error(503, "reload_failed", f"reload failed: {_failure(exc)}")
         return ReloadResponse.model_validate(result)
 
 
@@ -770,5 +802,11 @@ def _customers_app():
 OmniScore.mount_asgi_app(_customers_app(), path="/customers", name="customers")
 
 OmniScore.add_asgi_middleware(
-    Guard, api_key=CONFIG.api_key, max_body_bytes=CONFIG.max_body_bytes, readiness=_readiness
+    Guard,
+    api_key=CONFIG.api_key,
+    max_body_bytes=CONFIG.max_body_bytes,
+    readiness=_readiness,
+    openapi=_published_document,
+    max_concurrency=CONFIG.max_concurrency,
+    deadline=CONFIG.timeout + 5,
 )
