@@ -1,4 +1,24 @@
-"""Shared test fixtures. Keep additions additive: other test modules rely on these."""
+"""Shared test fixtures. Keep additions additive: other test modules rely on these.
+
+Tests
+-----
+Three tiers, one suite (``make test`` runs all; ``make test-fast`` leaves out ``slow``):
+
+- **unit**: pure functions on hand-made values (labels, encoders, the gate rules, the
+  generator's determinism, the ingest mapping); milliseconds each.
+- **integration**: the real components, never mocks: Feast (apply, materialize, online and
+  historical reads), MLflow on SQLite, DuckDB, PostgreSQL and Redis (``services`` marker:
+  skipped when the servers are absent unless ``OMNISCORE_REQUIRE_SERVICES=1``).
+- **slow** (``@pytest.mark.slow``): everything that trains (Optuna, LightGBM, clustering) or
+  runs a whole command end to end: training runs, promotion, distributed tuning, the
+  BentoML server over HTTP, ``mlflow run``, ``omniscore demo`` and the notebooks.
+
+Shared data is built once per session and copied where a test changes it:
+``world_template`` (the 500-customer world of :mod:`training_home`: events, weekly
+snapshots, Feast applied) through ``copy_world``; ``mlflow_db`` (MLflow's SQLite schema);
+``serving_home`` (a copy of the world, materialized, with small real models registered by
+``train_model(trials=1)`` and promoted).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +30,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from training_home import (
+    SERVING_MODELS,
+    build_home,
+    copy_home,
+    create_mlflow_schema,
+    new_mlflow_db,
+    train_and_promote,
+)
 
 from data_layer.settings import Settings
 from feature_repo.catalog import VIEWS, features_of_view
@@ -217,3 +245,48 @@ def redis_project(services):
     if keys:
         client.delete(*keys)
     client.close()
+
+
+# --- the generated world, built once per session (tests/training_home.py) ----------------------
+
+
+@pytest.fixture(scope="session")
+def mlflow_db(tmp_path_factory):
+    """Factory of fresh MLflow databases: ``mlflow_db(path) -> "sqlite:///<path>"``.
+
+    MLflow creates its schema once per session (seconds of migrations); each database is a
+    copy of that empty one.
+    """
+    template = create_mlflow_schema(tmp_path_factory.mktemp("mlflow-schema") / "mlflow.db")
+    return lambda path: new_mlflow_db(template, Path(path))
+
+
+@pytest.fixture(scope="session")
+def world_template(tmp_path_factory, mlflow_db) -> Settings:
+    """The 500-customer world (events, weekly snapshots, Feast applied, an empty MLflow
+    database), built once per session. Never change it: take a copy with ``copy_world``."""
+    settings = build_home(tmp_path_factory.mktemp("world-template"))
+    mlflow_db(settings.home / "mlflow.db")
+    return settings
+
+
+@pytest.fixture(scope="session")
+def copy_world(world_template):
+    """Factory: ``copy_world(path) -> Settings``, a private copy of the world at ``path``."""
+    return lambda path: copy_home(world_template, Path(path))
+
+
+@pytest.fixture(scope="session")
+def serving_home(copy_world, tmp_path_factory) -> Settings:
+    """A copy of the world, materialized, with propensity, churn and segments trained
+    (one Optuna trial each), registered and promoted: what the scoring service serves.
+    Read-only: a test that promotes, trains or breaks something works on
+    ``training_home.copy_home(serving_home, path)``.
+    """
+    from data_layer.feast_store import materialize
+
+    settings = copy_world(tmp_path_factory.mktemp("serving-home"))
+    materialize(settings)
+    for model in SERVING_MODELS:
+        train_and_promote(settings, model, seed=1)
+    return settings

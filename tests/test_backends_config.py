@@ -192,10 +192,10 @@ def test_heartbeat_timing_comes_from_the_environment_or_the_profile(tmp_path):
         tune.Heartbeat(5, 5)
 
 
-def test_an_object_store_artifact_root_is_what_mlflow_records(tmp_path):
+def test_an_object_store_artifact_root_is_what_mlflow_records(tmp_path, mlflow_db):
     env = {
         "OMNISCORE_MLFLOW_ARTIFACTS": "s3://omniscore-bucket/team/mlflow/",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "MLFLOW_TRACKING_URI": mlflow_db(tmp_path / "mlflow.db"),
     }
     settings = Settings.from_env(tmp_path / "home", env=env)
     client = MlflowClient(tracking_uri=settings.tracking_uri)

@@ -6,7 +6,8 @@ and its own Feast project (the suffix of its Redis keys, deleted afterwards). Wi
 servers the tests skip with the reason; ``OMNISCORE_REQUIRE_SERVICES=1`` turns that into a
 failure. Tuning tests use the segments model: its trials take a second, where a LightGBM
 trial on a loaded two-core machine can take a minute, and the orchestration under test is
-the same for every model.
+the same for every model. Tests that train or tune are also marked ``slow``; the generated
+home is a private copy of the session's world (``copy_world`` in conftest.py).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import redis
 from conftest import SNAPSHOT_TIMES, PostgresDatabases
 from mlflow import MlflowClient
 from optuna.trial import TrialState
-from training_home import build_home
 from typer.testing import CliRunner
 
 from data_layer import feast_store
@@ -69,9 +69,9 @@ DAY = pd.Timedelta(days=1)
 
 
 @pytest.fixture(scope="module")
-def home(services, tmp_path_factory) -> Settings:
+def home(services, copy_world, tmp_path_factory) -> Settings:
     """A small generated home (events, weekly snapshots, Feast applied on SQLite)."""
-    return build_home(tmp_path_factory.mktemp("production-home"))
+    return copy_world(tmp_path_factory.mktemp("production-home"))
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +205,7 @@ def test_postgres_registry_is_shared_by_a_second_process(snapshot_home, postgres
 
 
 # --- MLflow on PostgreSQL -----------------------------------------------------------------------
+@pytest.mark.slow
 def test_mlflow_on_postgres_trains_promotes_and_rolls_back(
     home, postgres_db, mlflow_template, tmp_path
 ):
@@ -352,13 +353,12 @@ def _study(url: str) -> optuna.Study:
     return optuna.load_study(study_name=summary.study_name, storage=storage)
 
 
+@pytest.mark.slow
 def test_three_workers_reach_the_trial_count_and_the_parent_run_shows_every_trial(
-    home, postgres_db, tmp_path
+    home, postgres_db, mlflow_db, tmp_path
 ):
     url = postgres_db()
-    settings = replace(
-        home, optuna_storage=url, mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"
-    )
+    settings = replace(home, optuna_storage=url, mlflow_tracking_uri=mlflow_db(tmp_path / "m.db"))
     trials, workers = 9, 3
     result = train_with_workers(settings, "segments", trials, workers, seed=11, register=False)
     study = _study(url)  # exactly one study: every worker joined the same one
@@ -377,13 +377,14 @@ def test_three_workers_reach_the_trial_count_and_the_parent_run_shows_every_tria
     assert client.get_run(result.run_id).data.tags["omniscore.tuning_workers"] == "3"
 
 
-def test_workers_join_the_study_of_train_with_its_data_options(home, postgres_db, tmp_path):
+@pytest.mark.slow
+def test_workers_join_the_study_of_train_with_its_data_options(
+    home, postgres_db, mlflow_db, tmp_path
+):
     # A non-default horizon and minimum class count change the training rows, hence the study
     # name: a worker left on the defaults would tune (or fail on) another study.
     url = postgres_db()
-    settings = replace(
-        home, optuna_storage=url, mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"
-    )
+    settings = replace(home, optuna_storage=url, mlflow_tracking_uri=mlflow_db(tmp_path / "m.db"))
     trials = 6
     result = train_with_workers(
         settings, "propensity", trials, workers=2, seed=23, register=False,
@@ -404,6 +405,7 @@ def test_workers_join_the_study_of_train_with_its_data_options(home, postgres_db
     assert logged_trial_numbers(client, result.experiment_id, result.run_id) == finished
 
 
+@pytest.mark.slow
 def test_tune_worker_command_brings_the_study_to_the_trial_count(home, postgres_db, monkeypatch):
     secret = "pg-s3cret-of-the-tune-worker"  # trust auth ignores it; it must not be printed
     url = postgres_db().replace("postgres@", f"postgres:{secret}@", 1)
@@ -453,6 +455,7 @@ def _kill_mid_trial(url: str, process) -> int | None:
     return None
 
 
+@pytest.mark.slow
 def test_a_killed_worker_trial_is_failed_and_requeued(home, postgres_db):
     url = postgres_db()
     settings = replace(home, optuna_storage=url, optuna_heartbeat_seconds=1, optuna_grace_seconds=2)

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlflow import MlflowClient
-from training_home import build_home
 
 from training.classifier_job import train_booster
 from training.datasets import (
@@ -38,14 +37,15 @@ from training.runs import experiment_id
 from training.train import train_model
 from training.tune import base_params
 
+pytestmark = pytest.mark.slow
 NAME = "omniscore-propensity"
 # Small test populations make ECE noisy; the AUC rule is what these tests exercise.
 POLICY = GatePolicy(auc_tolerance=0.01, max_ece=0.15, min_auc=0.6)
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    return build_home(tmp_path_factory.mktemp("registry-home"))
+def home(copy_world, tmp_path_factory):
+    return copy_world(tmp_path_factory.mktemp("registry-home"))
 
 
 def _client(settings) -> MlflowClient:

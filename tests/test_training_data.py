@@ -15,8 +15,8 @@ from training.labels import LabelSpec, label_frame
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    return build_home(tmp_path_factory.mktemp("data-home"))
+def home(copy_world, tmp_path_factory):
+    return copy_world(tmp_path_factory.mktemp("data-home"))  # test 2 adds events to it
 
 
 def test_one_row_per_entity_row_even_without_features(home):

@@ -13,20 +13,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlflow import MlflowClient
-from training_home import build_home
 
 from data_layer.settings import Settings
 from training.datasets import build_training_set, segment_frame
 from training.model_io import IntegrityError, load_champion, load_version
 from training.train import MEMORY_STORAGE, train_model
 
+pytestmark = pytest.mark.slow
 TRIALS = 3
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    return build_home(tmp_path_factory.mktemp("e2e-home"))
+def home(copy_world, tmp_path_factory):
+    return copy_world(tmp_path_factory.mktemp("e2e-home"))
 
 
 @pytest.fixture(scope="module")
@@ -146,11 +146,11 @@ def test_same_seed_same_metrics(home):
     assert runs[0].run_id != runs[1].run_id and runs[0].trials_run == 2
 
 
-def test_artifacts_land_under_the_configured_artifact_root(home, tmp_path):
+def test_artifacts_land_under_the_configured_artifact_root(home, tmp_path, mlflow_db):
     shared = tmp_path / "shared-artifacts"
     env = {
         "OMNISCORE_MLFLOW_ARTIFACTS": str(shared),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "MLFLOW_TRACKING_URI": mlflow_db(tmp_path / "mlflow.db"),
     }
     settings = Settings.from_env(home.home, env=env)
     result = train_model(settings, "segments", trials=2, seed=3, storage_url=MEMORY_STORAGE)

@@ -1,16 +1,21 @@
-"""A small synthetic home for the training tests: generated events, weekly features, Feast.
+"""The generated test world and the homes made from it (not a test module).
 
-Not a test module: the training test files import :func:`build_home` and share one home per
-module through a module-scoped fixture, so each file pays for the data once.
+:func:`build_home` generates a world (events, customers, ground truth), builds its weekly
+feature snapshots and applies the Feast repository. Building one takes seconds, so
+``tests/conftest.py`` builds the standard 500-customer world once per session
+(``world_template``) and each module works on a private copy (:func:`copy_home`).
+:func:`new_mlflow_db` does the same for MLflow's SQLite schema, which MLflow takes seconds
+to create and which a file copy reproduces at once.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
 
-from data_layer.feast_store import apply
+from data_layer.feast_store import apply, feature_store
 from data_layer.feature_pipeline import build_features, default_snapshot_range
 from data_layer.settings import Settings
 from data_layer.synthetic import generate, write_generated
@@ -31,6 +36,58 @@ def build_home(
     rebuild_features(settings)
     apply(settings)
     return settings
+
+
+def copy_home(source: Settings, target: Path) -> Settings:
+    """A private copy at ``target`` of the home built at ``source``, ready to change.
+
+    Feast's registry records each data source by its absolute path, so the copy is applied
+    again: its feature views then read the copy's snapshots, never the source's (checked
+    here). MLflow records absolute artifact locations: in a copy of a home that already has
+    experiments, registered versions load from the source home's artifact folder and new
+    runs of those experiments write there (under their own run ids). Tests never delete
+    artifacts, so the two homes still cannot change each other's models.
+    """
+    shutil.copytree(source.home, target, dirs_exist_ok=True)
+    settings = Settings.from_env(target)
+    apply(settings)
+    paths = {v.batch_source.path for v in feature_store(settings).list_feature_views()}
+    outside = {p for p in paths if not Path(p).resolve().is_relative_to(settings.features_dir)}
+    assert not outside, f"Feast still reads the source home's snapshots: {sorted(outside)}"
+    return settings
+
+
+def new_mlflow_db(template: Path, path: Path) -> str:
+    """A fresh MLflow tracking database at ``path`` (a copy of ``template``, a database
+    holding only the schema MLflow created); returns its ``sqlite:///`` URI."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, path)
+    return f"sqlite:///{path}"
+
+
+def create_mlflow_schema(path: Path) -> Path:
+    """Let MLflow create its (empty) tracking schema in a SQLite file at ``path``."""
+    from mlflow import MlflowClient
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+SERVING_MODELS = ("propensity", "churn", "segments")
+
+
+def train_and_promote(settings: Settings, model: str, seed: int) -> str:
+    """Train a small real model (one Optuna trial), register it and force it to champion;
+    returns its version. Churn gets a 30-day horizon, as the world's history is short."""
+    from training.registry import promote
+    from training.train import train_model
+
+    extra = {"horizon_days": 30} if model == "churn" else {}
+    result = train_model(settings, model, trials=1, seed=seed, **extra)
+    decision = promote(settings, model, force=True, reason="serving tests")
+    assert decision.promoted
+    return result.version
 
 
 def rebuild_features(settings: Settings) -> None:
