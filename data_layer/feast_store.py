@@ -21,6 +21,7 @@ from feast import FeatureService, FeatureStore, FeatureView, RepoConfig
 from feast.types import Float64
 
 from data_layer import online_format
+from data_layer.live_state import LiveState
 from data_layer.settings import FEATURE_REPO_DIR, Settings, redact
 from feature_repo.data_sources import snapshot_path
 from feature_repo.feature_views import TTLS
@@ -222,6 +223,8 @@ class MaterializeReport:
     customers: int
     """Distinct customers written in at least one view."""
     seconds: float
+    live_events: int | None = None
+    """Events the live state was rebuilt from (None: not rebuilt); not counted in ``seconds``."""
 
     @property
     def rows(self) -> int:
@@ -272,17 +275,24 @@ def latest_snapshots(path, columns: list[str], after: datetime | None, end: date
 
 
 def materialize(
-    settings: Settings, end: datetime | None = None, *, method: str = "bulk"
+    settings: Settings,
+    end: datetime | None = None,
+    *,
+    method: str = "bulk",
+    live_state: bool = True,
 ) -> MaterializeReport:
     """Load the snapshots newer than the last materialization into the online store.
 
     For each view only the latest snapshot per customer in (previous end, ``end``] is written
     (that is what the online store serves), and the interval is recorded in the registry, so
     Feast's own ``materialize-incremental`` continues from the same point. ``end`` defaults to
-    now. ``method`` picks the write path (see :data:`METHODS`).
+    now. ``method`` picks the write path (see :data:`METHODS`). ``live_state`` also rebuilds
+    the live state from the event store (:meth:`LiveState.bootstrap`, as of ``end`` when given),
+    so that live events continue from exactly what the batch saw.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    requested_end = end
     end = _as_utc(end) if end is not None else datetime.now(UTC)
     store = feature_store(settings)
     config = store.config
@@ -339,13 +349,21 @@ def materialize(
             )
         )
         mark = now
+    seconds = round(time.perf_counter() - started, 3)
+    live_events = None
+    if live_state:
+        with LiveState.open(settings) as state:
+            live_events = state.bootstrap(
+                None if requested_end is None else pd.Timestamp(_as_utc(requested_end))
+            )
     return MaterializeReport(
         method=method,
         online_store=config.online_store.type,
         end=end,
         views=results,
         customers=len(customers),
-        seconds=round(time.perf_counter() - started, 3),
+        seconds=seconds,
+        live_events=live_events,
     )
 
 
