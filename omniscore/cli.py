@@ -86,7 +86,7 @@ def _library_output_to_log(settings: Settings) -> None:
     logging.captureWarnings(True)
     # MLflow gives its loggers a stderr handler on import unless told not to; unconfigured,
     # they propagate to the file above. Optuna's handler is moved when training starts.
-    os.environ["MLFLOW_CONFIGURE_LOGGING"] = "false"
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
 
 
 def _optuna_output_to_log() -> None:
@@ -760,13 +760,14 @@ def _run_stages(settings: Settings, options, until: str, first: str, rerun: bool
     from dataclasses import replace
 
     from omniscore.pipeline import run_pipeline, select_stages
-    from serving.config import ServeConfigError
-    from training.datasets import IneligibleError
 
     try:
         select_stages(first, until)
     except ValueError as error:
         _fail(str(error))
+    from serving.config import ServeConfigError
+    from training.datasets import IneligibleError
+
     display = _StageDisplay()
     options = replace(options, train_progress=display.train_progress)
     try:
