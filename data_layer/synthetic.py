@@ -21,18 +21,27 @@ How a customer-day is simulated, all vectorised over (customers, days) matrices:
   change whether a day is active and ``p_active`` stays exact;
 * a day loop over all customers (vectorised inside) draws support contacts, complaints and
   survey ratings, and from them the hazard of starting to drift and of churning.
+
+Two variations serve tests and benchmarks. ``drift_at`` changes behaviour from a date on (store
+activity moves to the app, deal seekers buy half as often), for monitoring to detect. The
+``sparse-retail`` profile (:func:`generate_sparse_retail`) is another world: a purchase-only,
+one-channel log of customers who buy a few times a year, with $0 orders and identical lines,
+as real retail exports are. docs/synthetic.md describes both.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pandas.core.util.hashing import combine_hash_arrays
 from scipy.signal import lfilter
+from scipy.special import gammaincc
 
 from data_layer.event_store import write_customers, write_events
 from data_layer.schema import (
@@ -43,6 +52,11 @@ from data_layer.schema import (
     event_id_hashes_from_codes,
 )
 from data_layer.settings import Settings
+
+SCENARIO_FILE = "scenario.json"
+"""File of the ground-truth folder that says which world was generated."""
+PROFILES: tuple[str, ...] = ("omnichannel", "sparse-retail")
+"""The simulated worlds :func:`generate` offers."""
 
 DEFAULT_END = pd.Timestamp("2026-06-29", tz="UTC")
 """End of the default simulated period: fixed, so that output never depends on today."""
@@ -110,6 +124,14 @@ SESSION_EVENTS = 2.0
 """Mean events per web or app browsing session (1 + Poisson)."""
 ABANDONED_CART_SMS = 0.35
 """Share of abandoned app carts that trigger a reminder SMS (for SMS-opted customers)."""
+
+# The drift scenario (``generate(..., drift_at=...)``): behaviour from that date on.
+DRIFT_STORE_TO_APP = 0.6
+"""Share of store browsing and store purchases that moves to the app from the drift date on."""
+DRIFT_ARCHETYPE = "deal_seeker"
+DRIFT_PURCHASE_FACTOR = 0.5
+"""From the drift date on, DRIFT_ARCHETYPE buys at this multiple of its former rate (a
+competitor's deals, say): a change of the purchase concept, not only of the inputs."""
 
 _HOURS = {
     "web": (1.0, .6, .4, .3, .3, .5, 1, 2, 3, 3.5, 3.5, 3.5, 4, 3.8, 3.5, 3.5, 3.8, 4.2, 4.8,
@@ -276,6 +298,8 @@ class GeneratedData:
     truth_daily: pd.DataFrame
     """One row per customer and day of the period: customer_id (categorical), date (UTC
     midnight), p_purchase and p_active (float32), the probabilities the simulator sampled."""
+    scenario: dict = field(default_factory=lambda: {"profile": "omnichannel", "drift_at": None})
+    """What was simulated: the profile, and the drift date and its changes when there is one."""
 
 
 @dataclass
@@ -411,17 +435,37 @@ class _Sink:
 
 
 def generate(
-    n_customers: int, days: int, seed: int, end: pd.Timestamp | None = None
+    n_customers: int,
+    days: int,
+    seed: int,
+    end: pd.Timestamp | None = None,
+    *,
+    profile: str = "omnichannel",
+    drift_at: pd.Timestamp | str | None = None,
 ) -> GeneratedData:
     """Simulate ``n_customers`` over the ``days`` days ending at ``end`` (UTC midnight).
 
     Pure and deterministic: the same arguments give byte-identical frames. ``end`` defaults to
     :data:`DEFAULT_END`, never today, so that output is reproducible.
+
+    ``profile`` picks the world: ``omnichannel`` (the six archetypes on every channel) or
+    ``sparse-retail`` (purchases only, on one channel, a few a year: see
+    :func:`generate_sparse_retail`). ``drift_at`` (omnichannel only) is the first day of the
+    drift scenario: from that UTC day on the channel mix moves from store to app and one
+    archetype's purchase rate changes (DRIFT_* constants). Without it the output is exactly
+    the world without drift.
     """
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}: choose one of {', '.join(PROFILES)}")
     if n_customers < 1 or days < 1:
         raise ValueError(f"need n_customers >= 1 and days >= 1, got {n_customers}, {days}")
     end_ts = _utc_midnight(DEFAULT_END if end is None else end)
     start = end_ts - pd.Timedelta(days=days)
+    drift_day = None if drift_at is None else _drift_day(drift_at, start, days)
+    if profile == "sparse-retail":
+        if drift_day is not None:
+            raise ValueError("the drift scenario is defined for the omnichannel profile only")
+        return generate_sparse_retail(n_customers, days, seed, end_ts)
     root = np.random.SeedSequence([seed, n_customers, days])
     pop_seq, att_seq, block_seq = root.spawn(3)
 
@@ -440,7 +484,9 @@ def generate(
         hi = min(n_customers, lo + BLOCK_CUSTOMERS)
         rng = np.random.default_rng(child)
         sink = _Sink(sessions)
-        p_purchase[lo:hi], p_active[lo:hi] = _simulate_block(rng, pop, lo, hi, cal, att, sink)
+        p_purchase[lo:hi], p_active[lo:hi] = _simulate_block(
+            rng, pop, lo, hi, cal, att, sink, drift_day
+        )
         columns = sink.finish(rng)
         columns[0] = columns[0] - lo
         columns[5] = np.where(columns[5] >= 0, columns[5] - sessions, -1)
@@ -453,7 +499,36 @@ def generate(
         customers=_customers_frame(pop, ids, start),
         truth_customers=_truth_customers(pop, ids, start, days),
         truth_daily=_truth_daily(ids, start, p_purchase, p_active),
+        scenario=_omnichannel_scenario(start, drift_day),
     )
+
+
+def _omnichannel_scenario(start: pd.Timestamp, drift_day: int | None) -> dict:
+    if drift_day is None:
+        return {"profile": "omnichannel", "drift_at": None}
+    return {
+        "profile": "omnichannel",
+        "drift_at": f"{start + pd.Timedelta(days=drift_day):%Y-%m-%d}",
+        "store_to_app": DRIFT_STORE_TO_APP,
+        "archetype": DRIFT_ARCHETYPE,
+        "purchase_factor": DRIFT_PURCHASE_FACTOR,
+    }
+
+
+def _drift_day(drift_at: pd.Timestamp | str, start: pd.Timestamp, days: int) -> int:
+    """Day index of ``drift_at`` (a UTC day) in the period; it must leave days on both sides."""
+    try:
+        when = _utc_midnight(drift_at)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"drift date {drift_at!r} is not a date: {exc}") from None
+    day = (when - start).days
+    if not 0 < day < days:
+        last = start + pd.Timedelta(days=days - 1)
+        raise ValueError(
+            f"drift date {when:%Y-%m-%d} must fall after the first simulated day "
+            f"{start:%Y-%m-%d} and on or before the last {last:%Y-%m-%d}"
+        )
+    return day
 
 
 def write_generated(settings: Settings, data: GeneratedData) -> dict:
@@ -470,8 +545,12 @@ def write_generated(settings: Settings, data: GeneratedData) -> dict:
         settings.ground_truth_dir / "daily.parquet",
         compression="zstd",
     )
+    (settings.ground_truth_dir / SCENARIO_FILE).write_text(
+        json.dumps(data.scenario, indent=2, sort_keys=True) + "\n"
+    )
     truth = data.truth_customers
-    return {
+    counts = {
+        "profile": data.scenario["profile"],
         "events": result.written,
         "duplicates": result.duplicates,
         "customers": len(data.customers),
@@ -479,6 +558,9 @@ def write_generated(settings: Settings, data: GeneratedData) -> dict:
         "days": len(data.truth_daily) // max(1, len(data.customers)),
         "archetypes": truth["archetype"].value_counts().sort_index().to_dict(),
     }
+    if data.scenario.get("drift_at"):
+        counts["drift_at"] = data.scenario["drift_at"]
+    return counts
 
 
 def load_truth(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -491,6 +573,15 @@ def load_truth(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
             f"no ground truth at {', '.join(missing)}: run `omniscore generate` first"
         )
     return pd.read_parquet(paths[0]), pd.read_parquet(paths[1])
+
+
+def load_scenario(settings: Settings) -> dict:
+    """What the home's generated world is (``GeneratedData.scenario``): its profile, and its
+    drift date and changes when it has one. Monitoring tests read the date from here."""
+    path = settings.ground_truth_dir / SCENARIO_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"no scenario at {path}: run `omniscore generate` first")
+    return json.loads(path.read_text())
 
 
 # --------------------------------------------------------------------------------------------
@@ -757,6 +848,75 @@ def _devices(rng: np.random.Generator, preferred: np.ndarray, mobile_only: bool)
     return np.where(rng.random(len(preferred)) < 0.75, preferred, other).astype(np.int8)
 
 
+@dataclass(frozen=True)
+class _BlockRates:
+    """A block's daily rates per channel: (customers, 1) columns, or (customers, days)
+    matrices when they change over time (the drift scenario)."""
+
+    browse: list[np.ndarray]  # per BROWSE_CHANNELS
+    buy: list[np.ndarray]  # per BUY_CHANNELS
+    intent_buy: list[np.ndarray]  # per BUY_CHANNELS
+    base_total: np.ndarray  # the customer's total base purchase rate, which intent scales
+    web_to_store: np.ndarray
+    cart_recovery: np.ndarray
+
+
+def _block_rates(pop: _Population, sl: slice) -> _BlockRates:
+    return _BlockRates(
+        browse=[pop.browse[sl, k, None] for k in range(len(BROWSE_CHANNELS))],
+        buy=[pop.buy[sl, k, None] for k in range(len(BUY_CHANNELS))],
+        intent_buy=[pop.intent_buy[sl, k, None] for k in range(len(BUY_CHANNELS))],
+        base_total=pop.buy[sl].sum(axis=1)[:, None],
+        web_to_store=pop.web_to_store[sl, None],
+        cart_recovery=pop.cart_recovery[sl, None],
+    )
+
+
+def _drift_purchase_factor(arch: np.ndarray, day, drift_day: int) -> np.ndarray:
+    """Multiplier of purchase rates: DRIFT_PURCHASE_FACTOR for the drifting archetype from
+    ``drift_day`` on, 1 otherwise (broadcast over ``arch`` and ``day``)."""
+    slowed = (arch == ARCHETYPE_NAMES.index(DRIFT_ARCHETYPE)) & (day >= drift_day)
+    return np.where(slowed, np.float32(DRIFT_PURCHASE_FACTOR), np.float32(1.0))
+
+
+def _drifted_rates(
+    pop: _Population, sl: slice, rates: _BlockRates, days: int, drift_day: int
+) -> _BlockRates:
+    """The rates of the drift scenario, as (customers, days) matrices.
+
+    From ``drift_day`` on, DRIFT_STORE_TO_APP of each customer's store browsing and store
+    purchases (base, intent and web-researched) move to the app (an app launch with in-store
+    pickup, say: customers without the app take it up for this), and DRIFT_ARCHETYPE's
+    purchase rates are multiplied by DRIFT_PURCHASE_FACTOR. Nothing else changes: totals stay
+    as they were outside that one archetype.
+    """
+    after = (np.arange(days) >= drift_day)[None, :]
+    factor = _drift_purchase_factor(pop.arch[sl, None], np.arange(days)[None, :], drift_day)
+    move = np.float32(DRIFT_STORE_TO_APP)
+
+    def to_app(per_channel: list[np.ndarray], store: int, app: int) -> list[np.ndarray]:
+        out = [np.broadcast_to(r, (len(r), days)).astype(np.float32) for r in per_channel]
+        moved = move * per_channel[store] * after
+        out[store] = out[store] - moved
+        out[app] = out[app] + moved
+        return out
+
+    app_b, store_b = BROWSE_CHANNELS.index("app"), BROWSE_CHANNELS.index("store")
+    app_p, store_p = BUY_CHANNELS.index("app"), BUY_CHANNELS.index("store")
+    buy = to_app(rates.buy, store_p, app_p)
+    # Web research then a store purchase: the moved share becomes an app purchase.
+    moved = move * rates.web_to_store * after
+    buy[app_p] = buy[app_p] + moved
+    return _BlockRates(
+        browse=to_app(rates.browse, store_b, app_b),
+        buy=[rate * factor for rate in buy],
+        intent_buy=to_app(rates.intent_buy, store_p, app_p),
+        base_total=rates.base_total * factor,
+        web_to_store=(rates.web_to_store - moved) * factor,
+        cart_recovery=rates.cart_recovery * factor,
+    )
+
+
 def _simulate_block(
     rng: np.random.Generator,
     pop: _Population,
@@ -765,10 +925,18 @@ def _simulate_block(
     cal: _Calendar,
     att: _Attitudes,
     sink: _Sink,
+    drift_day: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Latent state, truth and events of customers ``lo..hi``; returns (p_purchase, p_active)."""
+    """Latent state, truth and events of customers ``lo..hi``; returns (p_purchase, p_active).
+
+    ``drift_day`` (a day index) switches on the drift scenario from that day on: see
+    :func:`_drifted_rates`.
+    """
     B, D = hi - lo, cal.days
     sl = slice(lo, hi)
+    rates = _block_rates(pop, sl)
+    if drift_day is not None:
+        rates = _drifted_rates(pop, sl, rates, D, drift_day)
     dd = np.arange(D, dtype=np.float32)[None, :]
     signup = pop.signup[sl, None]
     alive = (dd >= signup) & (dd < pop.churn[sl, None])
@@ -794,7 +962,7 @@ def _simulate_block(
     # Browsing units (web and app sessions, social and store events): one Poisson count per
     # cell, split over channels by their unit rates afterwards.
     mu = [
-        pop.browse[sl, k, None]
+        rates.browse[k]
         / (SESSION_EVENTS if ch in ("web", "app") else 1)
         * browse_level
         * _dow_matrix(cal, ch)
@@ -805,16 +973,16 @@ def _simulate_block(
 
     # Purchases: a rate per ordering channel (raised on intent buying days) and two same-day
     # cross-channel journeys: web research then a store purchase, an app cart saved by an SMS.
-    base_total = pop.buy[sl].sum(axis=1)[:, None]
+    base_total = rates.base_total
     rho = [
         level
         * _dow_matrix(cal, ch)
-        * (pop.buy[sl, k, None] + K_BUY * buying * pop.intent_buy[sl, k, None] * base_total)
+        * (rates.buy[k] + K_BUY * buying * rates.intent_buy[k] * base_total)
         for k, ch in enumerate(BUY_CHANNELS)
     ]
     boost = 1 + K_BUY * buying
-    rho.append(pop.web_to_store[sl, None] * level * _dow_matrix(cal, "store") * boost)
-    rho.append(pop.cart_recovery[sl, None] * level * _dow_matrix(cal, "app") * boost)
+    rho.append(rates.web_to_store * level * _dow_matrix(cal, "store") * boost)
+    rho.append(rates.cart_recovery * level * _dow_matrix(cal, "app") * boost)
     p_base = -np.expm1(-sum(rho[1:], rho[0]))
 
     s_day = _dissatisfaction(pop.s0[sl, None].astype(f32), progress)
@@ -860,9 +1028,12 @@ def _simulate_block(
                 device=_devices(rng, pop.device[g[k]], False),
                 campaign=code[k],
             )
-            buys = k[rng.random(k.size) < pop.email_buy[g[k]]]
+            email_buy = pop.email_buy[g]
+            if drift_day is not None:
+                email_buy = email_buy * _drift_purchase_factor(pop.arch[g], d, drift_day)
+            buys = k[rng.random(k.size) < email_buy[k]]
             email_buys.append((g[buys], d[buys], t_click[buys]))
-            p_buy = p_click * pop.email_buy[g]
+            p_buy = p_click * email_buy
             log_no_purchase += np.bincount(cell, np.log1p(-p_buy), minlength=B * D)
         else:
             rate = pop.push_open if kind == "push" else pop.sms_click
@@ -1260,11 +1431,15 @@ def _events_table(
     ids: np.ndarray,
     sessions: np.ndarray,
     cal: _Calendar,
+    *,
+    distinct_repeats: bool = False,
 ) -> pa.Table:
     """Canonical events of one block, with content-hash event ids.
 
     ``columns[0]`` holds customer codes into ``ids`` and ``columns[5]`` session codes into
     ``sessions`` (the block's own, so that only the block's strings are hashed).
+    ``distinct_repeats`` gives rows of identical content distinct ids (see
+    :func:`_ranked_repeats`); the omnichannel world never repeats content, so it does not ask.
     """
     cust, t_us, channel, etype, amount, session, device, rating, campaign = columns
     start_us = cal.start.value // 1000
@@ -1281,6 +1456,8 @@ def _events_table(
             "campaign_id": (campaign, cal.campaign_names),
         }
     )
+    if distinct_repeats:
+        hashes = _ranked_repeats(hashes)
     columns = {
         "event_id": event_id_array(hashes),
         "customer_id": _fixed_width_strings(ids.astype(bytes), cust),
@@ -1295,6 +1472,24 @@ def _events_table(
         "campaign_id": _take(cal.campaign_names, campaign),
     }
     return pa.table(columns, schema=EVENT_SCHEMA)
+
+
+def _ranked_repeats(hashes: np.ndarray) -> np.ndarray:
+    """Content hashes made distinct for repeated content: the first row of a content keeps its
+    hash (the id ingest computes), the k-th repeat (k >= 1, in row order) gets the hash
+    combined with k. Two identical lines of a log are two purchases, and stay two events.
+
+    This is the rule issue 12 proposes for ingest; until ingest adopts it, ingesting an export
+    of such a log keeps only the first of each set of identical lines.
+    """
+    rank = pd.Series(hashes).groupby(hashes, sort=False).cumcount().to_numpy(dtype=np.uint64)
+    repeat = rank > 0
+    out = hashes.copy()
+    if repeat.any():
+        out[repeat] = combine_hash_arrays(
+            iter([hashes[repeat], pd.util.hash_array(rank[repeat])]), 2
+        )
+    return out
 
 
 def _days_after(start: pd.Timestamp, days: np.ndarray) -> pd.DatetimeIndex:
@@ -1351,3 +1546,288 @@ def _truth_daily(
             "p_active": p_active.ravel(),
         }
     )
+
+
+# --------------------------------------------------------------------------------------------
+# The sparse retail world: purchases only, on one channel, a few a year
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SparseArchetype:
+    """One latent buyer type of the sparse retail world.
+
+    While alive, a customer's purchases form a renewal process on the customer's own shopping
+    clock, which runs at ``purchases_per_year`` x a customer multiplier x the season: the gaps
+    are Gamma(regularity, 1 / regularity) on that clock (mean one gap), so regularity 1 is a
+    memoryless (Poisson) buyer and larger values buy on a cycle, like a replenisher. After each
+    purchase, the first one included, the customer leaves for good with probability around
+    ``dropout``. Neither the cycle nor the season nor a drop-out at the first purchase is in
+    the BG/NBD model, so a model that learns them has something to beat it with.
+    """
+
+    name: str
+    share: float
+    purchases_per_year: float
+    rate_shape: float  # Gamma shape of the customer's rate multiplier (mean 1)
+    regularity: float
+    dropout: float
+    season: float  # extra rate in the holiday weeks, as a multiple of the base rate
+    amount_median: float
+    amount_sigma: float
+
+
+SPARSE_ARCHETYPES: tuple[SparseArchetype, ...] = (
+    SparseArchetype("one_timer", 0.35, 1.0, 2.0, 1.0, 0.75, 0.5, 35, 0.6),
+    SparseArchetype("occasional", 0.30, 2.5, 2.0, 1.0, 0.15, 0.5, 45, 0.6),
+    SparseArchetype("replenisher", 0.15, 6.0, 6.0, 5.0, 0.06, 0.0, 30, 0.3),
+    SparseArchetype("holiday_gifter", 0.12, 1.5, 3.0, 1.0, 0.10, 6.0, 80, 0.5),
+    SparseArchetype("loyal_regular", 0.08, 14.0, 3.0, 2.0, 0.02, 0.3, 55, 0.5),
+)
+"""The sparse world's buyer types, with shares that sum to 1: most customers buy one to three
+times in a few years, a few buy monthly."""
+SPARSE_ARCHETYPE_NAMES: tuple[str, ...] = tuple(a.name for a in SPARSE_ARCHETYPES)
+
+SPARSE_CHANNEL = "store"
+"""The sparse world's only channel (``generate_sparse_retail`` also takes ``web``)."""
+SPARSE_DEFAULT_DAYS = 1095
+"""Three years: the history a sparse buyer needs before its rhythm shows."""
+HOLIDAY_WEEKS = ((11, 15), (12, 24))
+"""(month, day) of the first and last day of the holiday season, both included."""
+ACQUISITION_SEASON = 1.0
+"""Extra first purchases in the holiday weeks, as a multiple of the usual daily rate."""
+DROPOUT_CONCENTRATION = 8.0
+"""Beta concentration of customers' drop-out probabilities around their type's."""
+ZERO_ORDER_SHARE = 0.002
+"""Share of orders with amount 0 (vouchers, replacements): real, and kept."""
+REPEAT_LINE_SHARE = 0.004
+"""Share of order lines followed by an identical line (same customer, day, amount): two
+genuine purchases that a content-only event id would merge."""
+
+
+def generate_sparse_retail(
+    n_customers: int,
+    days: int,
+    seed: int,
+    end: pd.Timestamp | None = None,
+    *,
+    channel: str = SPARSE_CHANNEL,
+) -> GeneratedData:
+    """A purchase-only log of ``n_customers`` sparse buyers over ``days`` days ending at ``end``.
+
+    Like a retail export: one channel, purchases only, dated by day (midnight UTC), amounts
+    that include some $0 orders, and some identical lines (the same customer, day and amount)
+    that are two genuine purchases each; the event ids keep them apart (the k-th repeat of a
+    line's content gets the content hash combined with k). The customers table holds only
+    ``signup_date`` (the first purchase day): a purchase log has no profile.
+
+    Ground truth: the archetypes (:data:`SPARSE_ARCHETYPES`), each customer's drop-out day
+    (``churn_date``, the day after the purchase at which they left), and for every customer-day
+    ``p_purchase``, the exact probability of at least one purchase that day given the latent
+    state at its start (``p_active`` equals it: buying is the only logged action). Pure and
+    deterministic, vectorised over blocks of customers like :func:`generate`.
+    """
+    if channel not in ("store", "web"):
+        raise ValueError(f"the sparse retail world sells on store or web, not {channel!r}")
+    if n_customers < 1 or days < 1:
+        raise ValueError(f"need n_customers >= 1 and days >= 1, got {n_customers}, {days}")
+    end_ts = _utc_midnight(DEFAULT_END if end is None else end)
+    start = end_ts - pd.Timedelta(days=days)
+    pop_seq, block_seq = np.random.SeedSequence([seed, n_customers, days, 1]).spawn(2)
+    rng = np.random.default_rng(pop_seq)
+
+    shares = np.array([a.share for a in SPARSE_ARCHETYPES])
+    counts = np.floor(shares * n_customers).astype(int)
+    counts[np.argsort(-(shares * n_customers - counts))[: n_customers - counts.sum()]] += 1
+    arch = rng.permutation(np.repeat(np.arange(len(SPARSE_ARCHETYPES)), counts)).astype(np.int8)
+
+    def param(name: str) -> np.ndarray:
+        return np.array([getattr(a, name) for a in SPARSE_ARCHETYPES], dtype=np.float64)[arch]
+
+    holiday = _holiday_days(start, days)
+    # The first purchase: any day of the period, more often in the holiday weeks.
+    weights = np.cumsum(1 + ACQUISITION_SEASON * holiday)
+    first = np.searchsorted(weights, rng.random(n_customers) * weights[-1], side="right")
+    shape = param("rate_shape")
+    rate = param("purchases_per_year") / 365.25 * rng.gamma(shape, 1 / shape)
+    dropout = _beta_around(rng, param("dropout"), DROPOUT_CONCENTRATION)
+    amount_mu = np.log(param("amount_median")) + rng.normal(0, 0.35, size=n_customers)
+
+    # Each type's shopping clock: cumulative season x weekday pattern, mean 1 per day over a
+    # year, so that purchases_per_year holds on average.
+    weekday = np.array(_DOW[channel], dtype=np.float64)
+    weekday = (weekday / weekday.mean())[(start.dayofweek + np.arange(days)) % 7]
+    clocks = np.zeros((len(SPARSE_ARCHETYPES), days + 1))
+    holiday_share = _holiday_share()
+    for k, a in enumerate(SPARSE_ARCHETYPES):
+        speed = weekday * (1 + a.season * holiday) / (1 + a.season * holiday_share)
+        clocks[k, 1:] = np.cumsum(speed)
+
+    ids = _customer_ids(n_customers)
+    p_purchase = np.zeros((n_customers, days), dtype=np.float32)
+    churn = np.full(n_customers, days, dtype=np.int64)
+    parts: list[tuple[np.ndarray, np.ndarray]] = []
+    n_blocks = -(-n_customers // BLOCK_CUSTOMERS)
+    for block, child in zip(range(n_blocks), block_seq.spawn(n_blocks), strict=True):
+        lo, hi = block * BLOCK_CUSTOMERS, min(n_customers, (block + 1) * BLOCK_CUSTOMERS)
+        block_rng = np.random.default_rng(child)
+        cust, day, clock, churn[lo:hi] = _sparse_purchases(
+            block_rng, arch[lo:hi], rate[lo:hi], first[lo:hi], dropout[lo:hi], clocks
+        )
+        p_purchase[lo:hi] = _sparse_truth(
+            arch[lo:hi], rate[lo:hi], first[lo:hi], churn[lo:hi], cust, day, clock, clocks
+        )
+        parts.append((cust + lo, day))
+
+    cust, day = (np.concatenate(c) for c in zip(*parts, strict=True))
+    noise = param("amount_sigma")[cust] * rng.standard_normal(cust.size)
+    amount = np.maximum(np.round(np.exp(amount_mu[cust] + noise), 2), 1.0)
+    amount[rng.random(cust.size) < ZERO_ORDER_SHARE] = 0.0
+    # An identical second line right after some lines: two genuine purchases of one content.
+    line = np.repeat(np.arange(cust.size), 1 + (rng.random(cust.size) < REPEAT_LINE_SHARE))
+    cust, day, amount = cust[line], day[line], amount[line]
+    order = np.lexsort((day, cust))
+    cust, day, amount = cust[order], day[order], amount[order]
+
+    size = cust.size
+    none = np.full(size, -1, dtype=np.int64)
+    columns = [
+        cust.astype(np.int32),
+        day.astype(np.int64) * DAY_US,
+        np.full(size, _CH[channel], dtype=np.int8),
+        np.full(size, _ET["purchase"], dtype=np.int8),
+        amount,
+        none,
+        none.astype(np.int8),
+        np.full(size, np.nan),
+        none.astype(np.int32),
+    ]
+    no_sessions = np.array([b"0" * 16], dtype="S16")  # every session code is -1 (absent)
+    events = _events_table(columns, ids, no_sessions, _calendar(start, days), distinct_repeats=True)
+    churn_days = np.where(churn < days, churn, np.nan)
+    truth_customers = pd.DataFrame(
+        {
+            "customer_id": ids,
+            "archetype": np.array(SPARSE_ARCHETYPE_NAMES, dtype=object)[arch],
+            "archetype_id": arch.astype(np.int64),
+            "signup_date": _days_after(start, first),
+            "churn_date": _days_after(start, churn_days),
+            "drift_start": pd.Series(pd.NaT, index=range(n_customers), dtype="datetime64[ns, UTC]"),
+        }
+    )
+    customers = pd.DataFrame(
+        {
+            "customer_id": ids,
+            "signup_date": _days_after(start, first),
+            **{name: None for name in ("region", "age_band", "loyalty_tier", "preferred_device")},
+        }
+    )
+    return GeneratedData(
+        events=events,
+        customers=customers,
+        truth_customers=truth_customers,
+        truth_daily=_truth_daily(ids, start, p_purchase, p_purchase.copy()),
+        scenario={"profile": "sparse-retail", "channel": channel},
+    )
+
+
+def _holiday_days(start: pd.Timestamp, days: int) -> np.ndarray:
+    """1.0 on the days of the period inside the holiday weeks, else 0.0."""
+    dates = pd.date_range(start, periods=days, freq="D")
+    key = dates.month * 100 + dates.day
+    (m0, d0), (m1, d1) = HOLIDAY_WEEKS
+    return np.asarray((key >= m0 * 100 + d0) & (key <= m1 * 100 + d1), dtype=np.float64)
+
+
+def _holiday_share() -> float:
+    """Share of a (non-leap) year's days inside the holiday weeks."""
+    year = pd.Timestamp("2025-01-01", tz="UTC")
+    return float(_holiday_days(year, 365).mean())
+
+
+def _sparse_purchases(
+    rng: np.random.Generator,
+    arch: np.ndarray,
+    rate: np.ndarray,
+    first: np.ndarray,
+    dropout: np.ndarray,
+    clocks: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every purchase of one block: (customer, day, shopping-clock time) and each customer's
+    drop-out day (the day after the purchase they left at; ``days`` if they never left).
+
+    One step per purchase number, vectorised over the customers still buying.
+    """
+    n, days = len(arch), clocks.shape[1] - 1
+    regularity = np.array([a.regularity for a in SPARSE_ARCHETYPES])[arch]
+    own_clock = clocks[arch]  # (n, days + 1): each customer's type clock
+    # The first purchase at a uniform moment of its day, on the customer's clock.
+    start_of_day = own_clock[np.arange(n), first]
+    length_of_day = own_clock[np.arange(n), first + 1] - start_of_day
+    clock = rate * (start_of_day + rng.random(n) * length_of_day)
+    day = first.copy()
+    churn = np.full(n, days, dtype=np.int64)
+    out_cust, out_day, out_clock = [np.arange(n)], [day.copy()], [clock.copy()]
+    buying = np.arange(n)
+    while buying.size:
+        leaves = rng.random(buying.size) < dropout[buying]
+        churn[buying[leaves]] = day[buying[leaves]] + 1
+        buying = buying[~leaves]
+        k = regularity[buying]
+        clock[buying] += rng.gamma(k, 1 / k)
+        # The day whose clock interval holds the purchase, per type (the clocks differ).
+        found = np.empty(buying.size, dtype=np.int64)
+        for t in np.unique(arch[buying]):
+            sel = arch[buying] == t
+            on_type_clock = clock[buying[sel]] / rate[buying[sel]]
+            found[sel] = np.searchsorted(clocks[t], on_type_clock, side="right") - 1
+        day[buying] = found
+        buying = buying[found < days]
+        out_cust.append(buying)
+        out_day.append(day[buying])
+        out_clock.append(clock[buying])
+    return np.concatenate(out_cust), np.concatenate(out_day), np.concatenate(out_clock), churn
+
+
+def _sparse_truth(
+    arch: np.ndarray,
+    rate: np.ndarray,
+    first: np.ndarray,
+    churn: np.ndarray,
+    cust: np.ndarray,
+    day: np.ndarray,
+    clock: np.ndarray,
+    clocks: np.ndarray,
+) -> np.ndarray:
+    """P(at least one purchase on each day | the latent state at the day's start), (n, days).
+
+    0 before the first purchase day and from the drop-out day on, 1 on the first purchase
+    day; in between, the hazard of the customer's next gap over the day's stretch of their
+    clock: ``1 - Q(k, k x1) / Q(k, k x0)``, ``x0`` and ``x1`` the clock time elapsed since the
+    last purchase at the day's start and end, Q the regularised upper incomplete gamma.
+    """
+    n, days = len(arch), clocks.shape[1] - 1
+    dd = np.arange(days)[None, :]
+    between = (dd > first[:, None]) & (dd < churn[:, None])
+    own_clock = clocks[arch] * rate[:, None]
+    p = np.zeros((n, days))
+    k = np.array([a.regularity for a in SPARSE_ARCHETYPES])[arch]
+    # Memoryless buyers (k = 1): the hazard is 1 - exp(-the day's stretch of clock).
+    memoryless = k == 1
+    stretch = np.diff(own_clock[memoryless], axis=1)
+    p[memoryless] = np.where(between[memoryless], -np.expm1(-stretch), 0.0)
+    rows = np.flatnonzero(~memoryless)
+    if rows.size:
+        # Clock time of the last purchase before each day: a purchase on day d counts from d+1.
+        last = np.full((n, days + 1), -np.inf)
+        np.maximum.at(last, (cust, day + 1), clock)
+        last = np.maximum.accumulate(last[rows], axis=1)[:, :days]
+        r, d = np.nonzero(between[rows])
+        kk = k[rows][r]
+        since = last[r, d]
+        survived = gammaincc(kk, kk * (own_clock[rows][r, d] - since))
+        survives_day = gammaincc(kk, kk * (own_clock[rows][r, d + 1] - since))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            p[rows[r], d] = np.where(survived > 0, 1 - survives_day / survived, 1.0)
+    p[np.arange(n), first] = 1.0
+    return p.astype(np.float32)

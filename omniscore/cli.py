@@ -118,18 +118,45 @@ def _table(title: str, rows: list[tuple[str, object]]) -> Table:
 @app.command()
 def generate(
     customers: Annotated[int, typer.Option(help="Number of customers.")] = 5000,
-    days: Annotated[int, typer.Option(help="Days of history.")] = 365,
+    days: Annotated[
+        int | None,
+        typer.Option(
+            help="Days of history (default 365; 1095 for sparse-retail).", show_default=False
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed: same seed, same data.")] = 7,
+    profile: Annotated[
+        str,
+        typer.Option(
+            help="omnichannel: six archetypes on every channel; sparse-retail: purchases only, "
+            "one channel, a few a year (see docs/synthetic.md)."
+        ),
+    ] = "omnichannel",
+    drift_at: Annotated[
+        str | None,
+        typer.Option(
+            help="Drift scenario from this UTC date (YYYY-MM-DD, inside the period): store "
+            "activity moves to the app and deal seekers buy half as often.",
+            show_default=False,
+        ),
+    ] = None,
     home: HomeOption = None,
 ) -> None:
-    """Generate synthetic omnichannel events with known ground truth (replaces the store)."""
+    """Generate synthetic events with known ground truth (replaces the store)."""
+    from data_layer.synthetic import PROFILES, SPARSE_DEFAULT_DAYS, write_generated
     from data_layer.synthetic import generate as simulate
-    from data_layer.synthetic import write_generated
 
+    if profile not in PROFILES:
+        _fail(f"unknown profile {profile!r}: choose one of {', '.join(PROFILES)}")
+    if days is None:
+        days = SPARSE_DEFAULT_DAYS if profile == "sparse-retail" else 365
     settings = _settings(home)
-    settings.ensure_dirs()
-    with console.status(f"simulating {customers:,} customers × {days} days"):
-        data = simulate(customers, days, seed)
+    with console.status(f"simulating {customers:,} customers × {days} days ({profile})"):
+        try:
+            data = simulate(customers, days, seed, profile=profile, drift_at=drift_at)
+        except ValueError as exc:
+            _fail(str(exc))
+        settings.ensure_dirs()
         counts = write_generated(settings, data)
     console.print(
         _table("generated", [(k, f"{v:,}" if isinstance(v, int) else v) for k, v in counts.items()])

@@ -358,3 +358,247 @@ def test_write_generated_and_load_truth_round_trip(tmp_path, world: GeneratedDat
 def test_load_truth_explains_what_is_missing(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="omniscore generate"):
         load_truth(Settings.from_env(tmp_path))
+
+
+# --- the sparse retail world (issue 12) ------------------------------------------------------
+# Imports are local: this section is appended to a file whose head other work edits.
+
+SPARSE_N, SPARSE_DAYS = 1500, 730
+
+
+@pytest.fixture(scope="module")
+def sparse_world() -> GeneratedData:
+    return generate(SPARSE_N, SPARSE_DAYS, seed=21, profile="sparse-retail")
+
+
+def test_sparse_retail_is_a_purchase_only_log_on_one_channel(sparse_world) -> None:
+    frame = sparse_world.events.to_pandas()
+    assert sparse_world.events.schema == EVENT_SCHEMA
+    assert set(frame["event_type"]) == {"purchase"} and set(frame["channel"]) == {"store"}
+    stamps = frame["event_timestamp"]
+    assert (stamps == stamps.dt.normalize()).all()  # dated by day, like a retail export
+    assert stamps.max() < DEFAULT_END and stamps.min() >= DEFAULT_END - pd.Timedelta(days=730)
+    assert frame[["session_id", "device", "rating", "campaign_id"]].isna().all().all()
+    # Sparse: most customers buy one to three times in two years; a few buy often.
+    per_customer = frame.groupby("customer_id").size()
+    assert per_customer.index.size == SPARSE_N  # everyone bought at least once
+    assert 0.6 <= (per_customer <= 3).mean() <= 0.85
+    assert per_customer.max() >= 20
+    assert 0.5 <= len(frame) / SPARSE_N / 2 <= 3.0  # purchases per customer-year
+    # The customers table is what a purchase log can tell: the first purchase day only.
+    customers = sparse_world.customers
+    assert list(customers.columns) == CUSTOMER_SCHEMA.names
+    first = frame.groupby("customer_id")["event_timestamp"].min()
+    assert (customers.set_index("customer_id")["signup_date"] == first).all()
+    assert customers.drop(columns=["customer_id", "signup_date"]).isna().all().all()
+
+
+def test_sparse_retail_keeps_zero_orders_and_identical_lines_as_distinct_events(
+    sparse_world, tmp_path
+) -> None:
+    frame = sparse_world.events.to_pandas()
+    assert (frame["amount"] >= 0).all()
+    assert 0 < (frame["amount"] == 0).sum() < 0.01 * len(frame)
+    content = ["customer_id", "event_timestamp", "channel", "amount"]
+    repeats = frame.duplicated(content)
+    assert 0 < repeats.sum() < 0.02 * len(frame)
+    # Every line is its own event; a first occurrence has the id ingest computes.
+    assert frame["event_id"].is_unique
+    firsts = (~repeats).to_numpy()
+    np.testing.assert_array_equal(
+        compute_event_ids(frame)[firsts], frame["event_id"].to_numpy()[firsts]
+    )
+    # So the store keeps every line, and the home says which world it holds.
+    from data_layer.synthetic import load_scenario
+
+    settings = Settings.from_env(tmp_path)
+    counts = write_generated(settings, sparse_world)
+    assert counts["events"] == len(frame) and counts["duplicates"] == 0
+    assert counts["profile"] == "sparse-retail"
+    assert load_scenario(settings) == {"profile": "sparse-retail", "channel": "store"}
+    assert len(read_events(settings)) == len(frame)
+
+
+def test_sparse_retail_truth_is_the_probability_sampled(sparse_world) -> None:
+    frame = sparse_world.events.to_pandas()
+    daily = sparse_world.truth_daily
+    assert daily["p_purchase"].dtype == np.float32
+    np.testing.assert_array_equal(daily["p_purchase"], daily["p_active"])
+    # Purchase days as a (customer, day) matrix in truth_daily's order (customer-major).
+    start = daily["date"].min()
+    codes = pd.Categorical(frame["customer_id"], categories=daily["customer_id"].cat.categories)
+    days = ((frame["event_timestamp"] - start) / pd.Timedelta(days=1)).astype(int)
+    matrix = np.zeros((SPARSE_N, SPARSE_DAYS), dtype=bool)
+    matrix[codes.codes, days.to_numpy()] = True
+    bought = pd.Series(matrix.ravel(), index=daily.index)
+    expected = daily["p_purchase"].astype(float)
+    se = np.sqrt((expected * (1 - expected)).sum()) / len(expected)
+    assert abs(bought.mean() - expected.mean()) < 4 * se
+    alive = (expected > 0) & (expected < 1)
+    bins = pd.qcut(expected[alive], 5)
+    calib = pd.DataFrame({"r": bought[alive], "p": expected[alive]}).groupby(bins, observed=True)
+    # Within 4 standard errors in each fifth of the probability range.
+    stats = calib.agg(r=("r", "mean"), p=("p", "mean"), n=("p", "size"))
+    assert ((stats["r"] - stats["p"]).abs() < 4 * np.sqrt(stats["p"] / stats["n"])).all()
+    # Nothing before the first purchase or after the drop-out, which truth marks with p = 0.
+    truth = sparse_world.truth_customers.set_index("customer_id")
+    assert set(truth["archetype"]) == {
+        "one_timer",
+        "occasional",
+        "replenisher",
+        "holiday_gifter",
+        "loyal_regular",
+    }
+    gone = frame["event_timestamp"] >= frame["customer_id"].map(truth["churn_date"])
+    assert not gone.any()
+    assert (expected[~alive & bought] == 1).all()  # only first purchases are certain
+    assert truth["churn_date"].notna().mean() > 0.3  # one-timers leave after one order
+
+
+def test_sparse_retail_has_structure_that_recency_and_frequency_miss(sparse_world) -> None:
+    """Regular replenishment cycles and holiday buying: what a model can beat BG/NBD with."""
+    frame = sparse_world.events.to_pandas()
+    frame = frame.drop_duplicates(["customer_id", "event_timestamp"])
+    frame["archetype"] = frame["customer_id"].map(
+        sparse_world.truth_customers.set_index("customer_id")["archetype"]
+    )
+    gaps = frame.groupby("customer_id")["event_timestamp"].diff().dt.days
+    spread = gaps.groupby(frame["customer_id"]).agg(["mean", "std", "size"])
+    spread = spread[spread["size"] >= 4]
+    kind = frame.groupby("customer_id")["archetype"].first().reindex(spread.index)
+    cv = (spread["std"] / spread["mean"]).groupby(kind).median()
+    assert cv["replenisher"] < 0.6 < cv["occasional"]  # a cycle, against memoryless buying
+    # Repeat purchases in the holiday weeks (Nov 15 - Dec 24, 11% of the year).
+    repeat = frame[frame.duplicated("customer_id")]
+    month_day = repeat["event_timestamp"].dt.month * 100 + repeat["event_timestamp"].dt.day
+    share = month_day.between(1115, 1224).groupby(repeat["archetype"]).mean()
+    assert share["holiday_gifter"] > 0.3 and share["replenisher"] < 0.16
+
+
+def test_sparse_retail_is_deterministic_and_checks_its_arguments(sparse_world) -> None:
+    again = generate(SPARSE_N, SPARSE_DAYS, seed=21, profile="sparse-retail")
+    assert again.events.equals(sparse_world.events)
+    np.testing.assert_array_equal(
+        again.truth_daily["p_purchase"].to_numpy(), sparse_world.truth_daily["p_purchase"]
+    )
+    web = generate(200, 365, seed=21, profile="sparse-retail", end=DEFAULT_END)
+    assert not web.events.equals(sparse_world.events)
+    from data_layer.synthetic import generate_sparse_retail
+
+    on_web = generate_sparse_retail(200, 365, seed=21, channel="web")
+    assert set(on_web.events.column("channel").to_pylist()) == {"web"}
+    with pytest.raises(ValueError, match="store or web"):
+        generate_sparse_retail(10, 30, seed=1, channel="email")
+    with pytest.raises(ValueError, match="unknown profile"):
+        generate(10, 30, seed=1, profile="clickstream")
+    with pytest.raises(ValueError, match="omnichannel profile only"):
+        generate(10, 30, seed=1, profile="sparse-retail", drift_at="2026-06-15")
+
+
+# --- the drift scenario (issue 14) -----------------------------------------------------------
+
+DRIFT_AT = DEFAULT_END - pd.Timedelta(days=60)
+
+
+def _fingerprint(world: GeneratedData) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    digest.update("\n".join(world.events.column("event_id").to_pylist()).encode())
+    for column in ("p_purchase", "p_active"):
+        digest.update(world.truth_daily[column].to_numpy().tobytes())
+    digest.update(world.customers.to_csv(index=False).encode())
+    digest.update(world.truth_customers.to_csv(index=False).encode())
+    return digest.hexdigest()
+
+
+def test_without_drift_the_world_is_the_one_generated_before_the_option_existed() -> None:
+    # Event ids hash every column of every event; the digest was taken with the generator as
+    # it was before the drift scenario and the sparse profile were added (commit ac29af6).
+    world = generate(200, 90, seed=5)
+    assert _fingerprint(world) == (
+        "38099984abfda293a2e895bea83c65a655b870f79d85d03730994bead674d01f"
+    )
+    assert _fingerprint(generate(200, 90, seed=5, drift_at=None)) == _fingerprint(world)
+    assert world.scenario == {"profile": "omnichannel", "drift_at": None}
+    assert _fingerprint(generate(200, 90, seed=5, drift_at="2026-05-01")) != _fingerprint(world)
+
+
+def _purchase_channel_shares(world: GeneratedData) -> pd.DataFrame:
+    frame = world.events.to_pandas()
+    purchases = frame[frame["event_type"] == "purchase"]
+    after = (purchases["event_timestamp"] >= DRIFT_AT).map({False: "before", True: "after"})
+    return pd.crosstab(after, purchases["channel"], normalize="index")
+
+
+def _daily_purchase_rate(world: GeneratedData, archetype: str) -> pd.Series:
+    """Mean truth p_purchase of an archetype's customers before and after DRIFT_AT."""
+    daily = world.truth_daily
+    kind = world.truth_customers.set_index("customer_id")["archetype"]
+    mine = daily["customer_id"].astype(str).map(kind).eq(archetype).to_numpy()
+    rows = daily[mine & (daily["p_active"] > 0).to_numpy()]  # customers' lifetimes only
+    after = (rows["date"] >= DRIFT_AT).map({False: "before", True: "after"})
+    return rows["p_purchase"].astype(float).groupby(after).mean()
+
+
+def test_drift_moves_purchases_from_store_to_app_and_slows_deal_seekers(tmp_path) -> None:
+    drifted = generate(600, 150, seed=8, drift_at=DRIFT_AT)
+    steady = generate(600, 150, seed=8)
+    moved, same = _purchase_channel_shares(drifted), _purchase_channel_shares(steady)
+    # DRIFT_STORE_TO_APP = 0.6 of the store's third of purchases: about 20 points move.
+    assert moved.loc["before", "store"] - moved.loc["after", "store"] > 0.12
+    assert moved.loc["after", "app"] - moved.loc["before", "app"] > 0.12
+    assert (same.loc["after"] - same.loc["before"]).abs().max() < 0.05
+    # Deal seekers buy at half their former daily rate; other archetypes keep theirs.
+    slowed = _daily_purchase_rate(drifted, "deal_seeker")
+    assert 0.4 < slowed["after"] / slowed["before"] < 0.65
+    kept = _daily_purchase_rate(drifted, "digital_first")
+    assert 0.85 < kept["after"] / kept["before"] < 1.15
+    unchanged = _daily_purchase_rate(steady, "deal_seeker")
+    assert 0.85 < unchanged["after"] / unchanged["before"] < 1.15
+    # The home records the drift, for monitoring tests to find.
+    from data_layer.synthetic import load_scenario
+
+    settings = Settings.from_env(tmp_path)
+    assert write_generated(settings, drifted)["drift_at"] == f"{DRIFT_AT:%Y-%m-%d}"
+    scenario = load_scenario(settings)
+    assert scenario["drift_at"] == f"{DRIFT_AT:%Y-%m-%d}"
+    assert scenario["archetype"] == "deal_seeker" and scenario["store_to_app"] == 0.6
+
+
+def test_drift_date_must_fall_inside_the_period() -> None:
+    with pytest.raises(ValueError, match="after the first simulated day"):
+        generate(10, 30, seed=1, drift_at="2020-01-01")
+    with pytest.raises(ValueError, match="after the first simulated day"):
+        generate(10, 30, seed=1, drift_at=DEFAULT_END)  # the day after the last
+    with pytest.raises(ValueError, match="not a date"):
+        generate(10, 30, seed=1, drift_at="next tuesday")
+
+
+def test_generate_command_takes_the_profile_and_the_drift_date(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from data_layer.synthetic import load_scenario
+    from omniscore.cli import app
+
+    runner = CliRunner()
+    home = tmp_path / "home"
+    drift = f"{DEFAULT_END - pd.Timedelta(days=20):%Y-%m-%d}"
+    args = ["generate", "--customers", "80", "--days", "40", "--seed", "3", "--home", str(home)]
+    result = runner.invoke(app, [*args, "--drift-at", drift])
+    assert result.exit_code == 0, result.output
+    assert load_scenario(Settings.from_env(home))["drift_at"] == drift
+    stored = read_events(Settings.from_env(home))
+    expected = generate(80, 40, seed=3, drift_at=drift).events
+    assert set(stored["event_id"]) == set(expected.column("event_id").to_pylist())
+
+    result = runner.invoke(app, [*args, "--drift-at", "1999-01-01"])
+    assert result.exit_code == 2 and "drift date 1999-01-01" in result.output
+    result = runner.invoke(app, [*args, "--profile", "nope"])
+    assert result.exit_code == 2 and "unknown profile" in result.output
+
+    result = runner.invoke(app, [*args, "--profile", "sparse-retail"])
+    assert result.exit_code == 0, result.output
+    assert load_scenario(Settings.from_env(home))["profile"] == "sparse-retail"
+    stored = read_events(Settings.from_env(home))
+    assert set(stored["event_type"]) == {"purchase"}
