@@ -14,7 +14,9 @@ from training.bgnbd import (
     fit,
     log_likelihood,
     probability_alive,
+    probability_of_purchase,
     rfm_summary,
+    scores_at_cutoff,
 )
 
 CDNOW = BGNBDParams(r=0.243, alpha=4.414 * 7, a=0.793, b=2.426)
@@ -134,6 +136,11 @@ def test_predictions_match_what_the_simulated_customers_then_did(simulated) -> N
         future[heavy].std() / np.sqrt(heavy.sum())
     )
     p_alive = probability_alive(CDNOW, x, t_x, age)
+    # The propensity score: who buys at least once in the horizon (only the living can).
+    p_buy = probability_of_purchase(CDNOW, 90.0, x, t_x, age)
+    bought = future > 0
+    assert abs(p_buy.mean() - bought.mean()) < 3 * np.sqrt((p_buy * (1 - p_buy)).mean() / x.size)
+    assert (p_buy <= p_alive).all()
     spread = np.sqrt((p_alive * (1 - p_alive)).mean() / x.size)
     assert abs(p_alive.mean() - alive.mean()) < 3 * spread
 
@@ -241,9 +248,18 @@ def test_summary_ignores_everything_at_or_after_the_cutoff() -> None:
     full = pd.concat([log, repeats], ignore_index=True)
     cut = start + pd.Timedelta(days=330)
     early = full[full["event_timestamp"] < cut]
-    fitted_full = fit(*rfm_summary(full, cut)[["frequency", "recency", "T"]].to_numpy().T)
-    fitted_early = fit(*rfm_summary(early, cut)[["frequency", "recency", "T"]].to_numpy().T)
+    scores_full, fitted_full = scores_at_cutoff(full, cut)
+    scores_early, fitted_early = scores_at_cutoff(early, cut)
     assert fitted_full.params == fitted_early.params
+    pd.testing.assert_frame_equal(scores_full, scores_early)
+    # The scores as a baseline: one row per customer who bought before the cutoff.
+    assert len(scores_full) == early["customer_id"].nunique()
+    for h in (14, 28, 90):
+        assert scores_full[f"bgnbd_p_purchase_{h}d"].between(0, 1).all()
+        assert (scores_full[f"bgnbd_expected_{h}d"] >= scores_full[f"bgnbd_p_purchase_{h}d"]).all()
+    assert (scores_full["bgnbd_p_purchase_90d"] > scores_full["bgnbd_p_purchase_14d"]).all()
+    with pytest.raises(ValueError, match="no purchase before"):
+        scores_at_cutoff(full, start)
 
 
 def test_summary_of_a_log_without_amounts_has_no_monetary_value() -> None:

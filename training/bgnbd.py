@@ -200,6 +200,49 @@ def expected_purchases(params: BGNBDParams, horizon: float, frequency, recency, 
     return numerator * probability_alive(params, x, t_x, big_t)
 
 
+def probability_of_purchase(
+    params: BGNBDParams, horizon: float, frequency, recency, age
+) -> np.ndarray:
+    """P(at least one purchase in ``(T, T + horizon]`` | x, t_x, T): the propensity score of a
+    "buys within the horizon" label. A customer still alive at T has a rate whose posterior is
+    Gamma(r + x, alpha + T) and cannot drop out before buying again, so
+    ``P = P(alive) * (1 - ((alpha + T) / (alpha + T + horizon)) ** (r + x))``.
+    """
+    if horizon < 0:
+        raise ValueError(f"horizon must be >= 0 days, got {horizon}")
+    x, t_x, big_t = _summary_arrays(frequency, recency, age)
+    r, alpha, _, _ = params.as_array()
+    log_none_while_alive = (r + x) * (np.log(alpha + big_t) - np.log(alpha + big_t + horizon))
+    return probability_alive(params, x, t_x, big_t) * -np.expm1(log_none_while_alive)
+
+
+def scores_at_cutoff(
+    events: pd.DataFrame,
+    cutoff: pd.Timestamp,
+    horizons: tuple[int, ...] = (14, 28, 90),
+    *,
+    purchase_type: str = "purchase",
+) -> tuple[pd.DataFrame, BGNBDFit]:
+    """BG/NBD fitted on the purchases strictly before ``cutoff``, and its scores as of then.
+
+    Returns one row per customer with a purchase before the cutoff (the :func:`rfm_summary`
+    columns, then ``bgnbd_p_alive`` and, per horizon h, ``bgnbd_expected_{h}d`` and
+    ``bgnbd_p_purchase_{h}d``) and the fit. Nothing at or after the cutoff is read, so the
+    scores can stand beside point-in-time features at the same instant.
+    """
+    summary = rfm_summary(events, cutoff, purchase_type=purchase_type)
+    if summary.empty:
+        raise ValueError(f"no purchase before {cutoff}: nothing to fit the BG/NBD model on")
+    x, t_x, big_t = (summary[c].to_numpy() for c in ("frequency", "recency", "T"))
+    fitted = fit(x, t_x, big_t)
+    scores = summary.copy()
+    scores["bgnbd_p_alive"] = probability_alive(fitted.params, x, t_x, big_t)
+    for h in horizons:
+        scores[f"bgnbd_expected_{h}d"] = expected_purchases(fitted.params, h, x, t_x, big_t)
+        scores[f"bgnbd_p_purchase_{h}d"] = probability_of_purchase(fitted.params, h, x, t_x, big_t)
+    return scores, fitted
+
+
 def rfm_summary(
     events: pd.DataFrame, cutoff: pd.Timestamp, *, purchase_type: str = "purchase"
 ) -> pd.DataFrame:
