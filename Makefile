@@ -3,6 +3,8 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 export OMNISCORE_HOME ?= $(CURDIR)/data
+# Optional extras to install with the lock file, e.g. `make install EXTRAS=spark` (.ci/run does).
+EXTRAS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo test test-fast lint format bench clean
@@ -13,7 +15,7 @@ help: ## List every target with what it does
 $(BIN)/omniscore: pyproject.toml uv.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv>=0.5"
-	$(BIN)/uv sync --frozen --python $(BIN)/python
+	$(BIN)/uv sync --frozen --python $(BIN)/python $(addprefix --extra ,$(EXTRAS))
 	@touch $@
 
 install: $(BIN)/omniscore ## Create .venv from the lock file (uv sync --frozen)
@@ -22,11 +24,13 @@ demo: install ## Run the main job on the embedded stores: generate → features 
 	$(BIN)/omniscore demo
 
 # Tests train on tiny data, where one LightGBM thread beats two contending for 2 cores.
+# Tiers (tests/conftest.py): unit, integration (real Feast, MLflow, HTTP), slow (trains or
+# runs a whole command). The slowest tests are listed after each run.
 test: install ## Run the whole test suite (what .ci/run calls)
-	OMNISCORE_LGBM_THREADS=1 $(BIN)/python -m pytest -q
+	OMNISCORE_LGBM_THREADS=1 $(BIN)/python -m pytest -q --durations=15
 
-test-fast: install ## Run the suite without the slow end-to-end tests
-	OMNISCORE_LGBM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow"
+test-fast: install ## Run the unit and integration tests, without the slow ones (no training)
+	OMNISCORE_LGBM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow" --durations=10
 
 lint: install ## Check lint and formatting with ruff
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
