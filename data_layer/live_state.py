@@ -158,6 +158,25 @@ def _batch(events: pd.DataFrame) -> _Batch:
     return batch
 
 
+def _rows(batch: _Batch, positions: np.ndarray) -> list[tuple]:
+    """:func:`_row` of many events, column-wise."""
+    amount, rating = batch.amount[positions], batch.rating[positions]
+    return list(
+        zip(
+            batch.event_id[positions],
+            batch.customer_id[positions],
+            batch.ts[positions].tolist(),
+            batch.channel[positions],
+            batch.event_type[positions],
+            batch.family[positions],
+            np.where(np.isnan(amount), None, amount).tolist(),
+            batch.session_id[positions],
+            np.where(np.isnan(rating), None, rating).tolist(),
+            strict=True,
+        )
+    )
+
+
 def _row(batch: _Batch, i: int) -> tuple:
     """One event as the tuple both backends store (NaN as None)."""
     amount, rating = batch.amount[i], batch.rating[i]
@@ -184,22 +203,36 @@ def lifetime_slots(batch: _Batch, rows: Iterable[int], prefix: str) -> dict[tupl
     timestamp go to the smaller (minimum) or larger (maximum) event_id, so the winner does not
     depend on the order events arrive in. Returns ``{(customer, slot): (kind, row)}``.
     """
+    idx = np.fromiter(rows, dtype=np.int64)
+    if not len(idx):
+        return {}
+    channel = pd.Series(batch.channel[idx], dtype=object).fillna("")
+    every = np.ones(len(idx), dtype=bool)
+    offers = [
+        ("min", every, pd.Series(f"{prefix}first", index=channel.index, dtype=object)),
+        ("max", np.isin(batch.family[idx], _INITIATED), f"{prefix}last:" + channel),
+        ("max", batch.event_type[idx] == "purchase", f"{prefix}purchase:" + channel),
+    ]
     best: dict[tuple[str, str], tuple] = {}
-
-    def offer(customer: str, slot: str, kind: str, row: tuple) -> None:
-        key = (customer, slot)
-        held = best.get(key)
-        if held is None or _beats(kind, row, held[1]):
-            best[key] = (kind, row)
-
-    for i in rows:
-        row = _row(batch, i)
-        customer = row[1]
-        offer(customer, f"{prefix}first", "min", row)
-        if row[5] in _INITIATED:
-            offer(customer, f"{prefix}last:{row[3]}", "max", row)
-        if row[4] == "purchase":
-            offer(customer, f"{prefix}purchase:{row[3]}", "max", row)
+    for kind, mask, slot in offers:
+        if not mask.any():
+            continue
+        candidates = pd.DataFrame(
+            {
+                "customer": batch.customer_id[idx][mask],
+                "slot": slot.to_numpy()[mask],
+                "ts": batch.ts[idx][mask],
+                "event_id": batch.event_id[idx][mask],
+                "position": idx[mask],
+            }
+        ).sort_values(["customer", "slot", "ts", "event_id"], kind="stable")
+        winners = candidates.drop_duplicates(
+            ["customer", "slot"], keep="first" if kind == "min" else "last"
+        )
+        for customer, name, position in zip(
+            winners["customer"], winners["slot"], winners["position"], strict=True
+        ):
+            best[(customer, name)] = (kind, _row(batch, int(position)))
     return best
 
 
@@ -314,16 +347,16 @@ class LiveState:
             cutoff = self._backend.advance_horizon(_us(now) - LIVE_HORIZON.value // 1000)
             recent = np.flatnonzero(batch.ts >= cutoff)
             old = np.flatnonzero(batch.ts < cutoff)
-            added = self._backend.add_recent([_row(batch, i) for i in recent])
+            added = self._backend.add_recent(_rows(batch, recent))
             slots = lifetime_slots(batch, range(len(batch)), "all:")
             slots.update(lifetime_slots(batch, old, "old:"))
             # Slots are merged even for events already folded: a fold cut short before this
             # point is completed by the redelivery.
             self._backend.merge_slots(slots)
             self._prune(sorted(set(batch.customer_id)), cutoff)
-        changed = set(batch.customer_id[recent[added]]) | set(batch.customer_id[old])
+        changed = {c for c, n in added.items() if n} | set(batch.customer_id[old])
         customers = sorted(changed)
-        folded = int(added.sum())
+        folded = sum(added.values())
         return FoldReport(
             customers=customers,
             folded=folded,
@@ -427,7 +460,7 @@ class _Backend:
     def transaction(self) -> AbstractContextManager: ...
     def advance_horizon(self, candidate: int) -> int: ...
     def horizon(self) -> int | None: ...
-    def add_recent(self, rows: list[tuple]) -> np.ndarray: ...
+    def add_recent(self, rows: list[tuple]) -> dict[str, int]: ...
     def recent_before(self, customers: Sequence[str], cutoff: int) -> list[tuple]: ...
     def remove_recent(self, rows: list[tuple]) -> None: ...
     def merge_slots(self, slots: dict[tuple[str, str], tuple]) -> None: ...
@@ -524,16 +557,26 @@ class _SqliteBackend(_Backend):
             row = self.con.execute("SELECT value FROM meta WHERE key = 'horizon'").fetchone()
         return None if row is None else row[0]
 
-    def add_recent(self, rows: list[tuple]) -> np.ndarray:
-        added = np.zeros(len(rows), dtype=bool)
+    def add_recent(self, rows: list[tuple]) -> dict[str, int]:
+        """Insert the events not held yet; new events per customer."""
+        added: dict[str, int] = {}
 
         def run(con) -> None:
-            for i, row in enumerate(rows):
-                cur = con.execute(
-                    f"INSERT OR IGNORE INTO recent ({_EVENT_SELECT}) VALUES (?,?,?,?,?,?,?,?,?)",
-                    row,
+            for part in _chunks(rows):
+                marks = ",".join("?" * len(part))
+                held = {
+                    r[0]
+                    for r in con.execute(
+                        f"SELECT event_id FROM recent WHERE event_id IN ({marks})",
+                        [row[0] for row in part],
+                    )
+                }
+                fresh = [row for row in part if row[0] not in held]
+                con.executemany(
+                    f"INSERT INTO recent ({_EVENT_SELECT}) VALUES (?,?,?,?,?,?,?,?,?)", fresh
                 )
-                added[i] = cur.rowcount == 1
+                for row in fresh:
+                    added[row[1]] = added.get(row[1], 0) + 1
 
         if rows:
             self._write(run)
@@ -645,16 +688,19 @@ class _SqliteBackend(_Backend):
 
 
 # Sets each offered slot when it beats the held one: ARGV is (slot, kind, ts, event_id,
-# payload) five at a time; a held value is the payload, a JSON array [event_id, customer, ts,
-# ...] (ts in microseconds: exact in Lua's doubles up to 2^53).
+# value) five at a time. A held value is "<ts>:<length of event_id>:<event_id><payload JSON>"
+# (see _slot_value), so the comparison reads two numbers and a substring instead of decoding
+# JSON; ts is in microseconds, exact in Lua's doubles up to 2^53.
 _MERGE_SLOTS_LUA = """
 for i = 1, #ARGV, 5 do
     local slot, kind, ts, id = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3]
     local held = redis.call('HGET', KEYS[1], slot)
     local take = not held
     if held then
-        local row = cjson.decode(held)
-        local hts, hid = row[3], row[1]
+        local a = string.find(held, ':', 1, true)
+        local b = string.find(held, ':', a + 1, true)
+        local hts = tonumber(string.sub(held, 1, a - 1))
+        local hid = string.sub(held, b + 1, b + tonumber(string.sub(held, a + 1, b - 1)))
         if kind == 'max' then
             take = ts > hts or (ts == hts and id > hid)
         else
@@ -675,6 +721,18 @@ if (not held) or tonumber(ARGV[1]) > tonumber(held) then
 end
 return tonumber(held)
 """
+
+
+def _slot_value(row: tuple) -> str:
+    """A slot's stored value: its event's time and id up front for the merge script."""
+    return f"{row[2]}:{len(row[0].encode())}:{row[0]}{_member(row)}"
+
+
+def _slot_row(value: bytes) -> tuple:
+    """The event tuple held in a slot value."""
+    _, _, rest = value.partition(b":")
+    length, _, rest = rest.partition(b":")
+    return tuple(json.loads(rest[int(length) :]))
 
 
 def _member(row: tuple) -> str:
@@ -737,16 +795,18 @@ class _RedisBackend(_Backend):
         value = self.r.get(f"{REDIS_PREFIX}horizon")
         return None if value is None else int(value)
 
-    def add_recent(self, rows: list[tuple]) -> np.ndarray:
-        if not rows:
-            return np.zeros(0, dtype=bool)
-        pipe = self.r.pipeline(transaction=False)
+    def add_recent(self, rows: list[tuple]) -> dict[str, int]:
+        """ZADD each customer's events at once; new events per customer."""
+        members: dict[str, dict[str, int]] = {}
         for row in rows:
-            pipe.zadd(self._key(row[1], "recent"), {_member(row): row[2]})
-        for customer in {row[1] for row in rows}:
-            pipe.expire(self._key(customer, "recent"), self.ttl)
+            members.setdefault(row[1], {})[_member(row)] = row[2]
+        pipe = self.r.pipeline(transaction=False)
+        for customer, scored in members.items():
+            key = self._key(customer, "recent")
+            pipe.zadd(key, scored)
+            pipe.expire(key, self.ttl)
         results = pipe.execute()
-        return np.array(results[: len(rows)], dtype=np.int64) == 1
+        return {c: int(n) for c, n in zip(members, results[::2], strict=True)}
 
     def recent_before(self, customers: Sequence[str], cutoff: int) -> list[tuple]:
         pipe = self.r.pipeline(transaction=False)
@@ -763,7 +823,9 @@ class _RedisBackend(_Backend):
     def merge_slots(self, slots: dict[tuple[str, str], tuple]) -> None:
         by_customer: dict[str, list] = {}
         for (customer, slot), (kind, row) in slots.items():
-            by_customer.setdefault(customer, []).extend([slot, kind, row[2], row[0], _member(row)])
+            by_customer.setdefault(customer, []).extend(
+                [slot, kind, row[2], row[0], _slot_value(row)]
+            )
         pipe = self.r.pipeline(transaction=False)
         for customer, args in by_customer.items():
             self.merge(keys=[self._key(customer, "slots")], args=args, client=pipe)
@@ -779,7 +841,7 @@ class _RedisBackend(_Backend):
             if i % 2 == 0:
                 out += [tuple(json.loads(m)) for m in members]
             else:
-                out += [tuple(json.loads(v)) for v in members]
+                out += [_slot_row(v) for v in members]
         return out
 
     def profiles_of(self, customers: Sequence[str]) -> list[tuple]:

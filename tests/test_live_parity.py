@@ -18,7 +18,7 @@ import pytest
 
 from data_layer.event_store import write_customers, write_events
 from data_layer.feature_pipeline import HISTORY_NEEDED, compute_snapshots
-from data_layer.live_state import LIVE_HORIZON, LiveState
+from data_layer.live_state import LIVE_HORIZON, REDIS_PREFIX, REDIS_TTL_MARGIN, LiveState
 from data_layer.schema import to_canonical_table
 from data_layer.settings import Settings
 from data_layer.synthetic import generate
@@ -124,6 +124,24 @@ def test_live_features_equal_the_batch_at_a_random_intra_day_instant(state, worl
     assert len(batch) >= 250
     mismatches = _mismatches(live.reset_index(drop=True), batch.reset_index(drop=True))
     assert not mismatches, f"{len(mismatches)} mismatches, e.g. {mismatches[:5]}"
+    if state.settings.online_store.startswith("redis"):
+        _assert_redis_expiry(state.settings.online_store)
+
+
+def _assert_redis_expiry(url: str) -> None:
+    """Recent events expire a little after the horizon; slots and profiles never do."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        recent = next(client.scan_iter(match=f"{REDIS_PREFIX}*:recent", count=1000))
+        customer = recent.decode()[len(REDIS_PREFIX) :].rsplit(":", 1)[0]
+        ttl = pd.Timedelta(seconds=client.ttl(recent))
+        assert LIVE_HORIZON < ttl <= LIVE_HORIZON + REDIS_TTL_MARGIN
+        assert client.ttl(f"{REDIS_PREFIX}{customer}:slots") == -1
+        assert client.ttl(f"{REDIS_PREFIX}{customer}:profile") == -1
+    finally:
+        client.close()
 
 
 def test_bootstrap_continues_from_the_event_store(state, world, tmp_path) -> None:
