@@ -443,6 +443,15 @@ class OnlineFeatureWriter:
         elif self.config.online_store.type == "redis":
             if self._redis is None:
                 self._redis = online_format.redis_client(self.config)
+            # The Redis writer skips a row whose stored time is as new as its own, as Feast
+            # does; with a fixed clock every rewrite has the same time, so the stored times
+            # of these customers are dropped first and the rewrite always lands.
+            keys = online_format.redis_keys(self.config, features[JOIN_KEY].astype(str).tolist())
+            fields = [f"_ts:{view.name}".encode() for view in self.views]
+            with self._redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hdel(key, *fields)
+                pipe.execute()
             online_format.write_redis(self.config, items, client=self._redis)
         else:
             from data_layer.feast_store import write_online_batch

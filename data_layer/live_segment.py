@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from data_layer.schema import EVENT_SCHEMA
@@ -211,24 +212,22 @@ def _sync_index(conn: sqlite3.Connection, settings: Settings) -> None:
     for path in files:
         if path.name in indexed:
             continue
-        ids = pq.read_table(path, columns=["event_id"]).column("event_id")
+        column = pq.read_table(path, columns=["event_id"]).column("event_id").combine_chunks()
+        ordered = column.take(pc.sort_indices(column))  # sorted keys: B-tree appends
         with _transaction(conn):
-            for chunk in ids.chunks:
-                conn.executemany(
-                    "INSERT OR IGNORE INTO stored_ids VALUES (?)",
-                    ((i,) for i in chunk.to_pylist()),
-                )
+            conn.executemany(
+                "INSERT OR IGNORE INTO stored_ids VALUES (?)", zip(ordered.to_pylist(), strict=True)
+            )
             conn.execute("INSERT INTO indexed_files VALUES (?)", (path.name,))
 
 
-def stored_ids(settings: Settings, event_ids: list[str]) -> set[str]:
-    """Which of ``event_ids`` the store already holds (an indexed lookup, no scan)."""
-    if not segment_path(settings).exists() and not _parquet_files(settings):
-        return set()
+def index_store(settings: Settings) -> None:
+    """Index the ids of every stored Parquet file now (the first live append would otherwise
+    do it inside its request: seconds per ten million events). The service calls it at start."""
+    if not _parquet_files(settings):
+        return
     with store_lock(settings):
-        conn = _connect(settings)
-        _sync_index(conn, settings)
-        return _lookup(conn, event_ids)
+        _sync_index(_connect(settings), settings)
 
 
 def _lookup(conn: sqlite3.Connection, event_ids: list[str]) -> set[str]:

@@ -612,7 +612,13 @@ def stream(
     try:
         clock = parse_clock(os.environ.get("OMNISCORE_CLOCK"))
         state = LiveState.open(settings)
-        writer = OnlineFeatureWriter(settings) if online else None
+        try:
+            writer = OnlineFeatureWriter(settings) if online else None
+        except Exception as error:  # Feast raises its own types for a missing registry
+            _fail(
+                f"the Feast online store cannot be opened ({type(error).__name__}): run "
+                "`omniscore features apply` first, or pass --no-online"
+            )
         runner = StreamConsumer(
             settings,
             state=state,

@@ -459,11 +459,13 @@ class OmniScore:
     # -- live state ----------------------------------------------------------------------
     def _open_live(self) -> None:
         """The live state, the clock and the feature cache (see :mod:`serving.live`)."""
+        from data_layer import live_segment
         from data_layer.live_ingest import parse_clock
         from data_layer.live_state import LiveState
         from serving.live import LiveFeatures
 
         self.clock = parse_clock(self.config.clock)
+        live_segment.index_store(self.settings)  # not inside the first POST /events
         self.live = LiveState.open(self.settings)
         self.live_features = (
             LiveFeatures(self.live, self.settings) if self.config.features != "online" else None

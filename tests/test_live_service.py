@@ -17,7 +17,7 @@ import pytest
 from training_home import build_home
 
 from data_layer.event_store import read_customers, read_events
-from data_layer.feast_store import materialize
+from data_layer.feast_store import feature_store, materialize, online_features
 from data_layer.feature_pipeline import compute_snapshots
 from data_layer.live_state import LiveState
 from serving.launcher import start_server
@@ -156,6 +156,25 @@ def test_a_score_after_the_events_response_sees_the_event(client):
     view = client.get(f"/customers/{newcomer}").json()
     assert view["features"]["web_events_7d"] == 1.0
     assert view["features"]["web_days_since_last"] == pytest.approx(3 / 1440, abs=1e-12)
+
+
+def test_accepted_events_rewrite_the_feast_online_store(home, client):
+    customer = "LIVE-ONLINE-1"
+    events = [
+        {
+            "customer_id": customer,
+            "event_timestamp": iso(CLOCK - pd.Timedelta(hours=h)),
+            "channel": "email",
+            "event_type": "email_open",
+        }
+        for h in (1, 2)
+    ]
+    for n, event in enumerate(events, start=1):  # two rewrites at the same (fixed) instant
+        assert post_events(client, [event])[0]["status"] == "accepted"
+        stored = online_features(feature_store(home), "propensity_v1", [customer])
+        assert stored["email_events_7d"].iloc[0] == n
+    view = client.get(f"/customers/{customer}").json()["features"]
+    assert stored["email_days_since_last"].iloc[0] == view["email_days_since_last"]
 
 
 # --- the clock and sliding windows ----------------------------------------------------------
