@@ -4,7 +4,7 @@ generate → features → apply → materialize → train → promote → serve
 
 ``omniscore demo``, ``omniscore pipeline``, the notebooks' :func:`omniscore.workspace.ensure_home`,
 the ``MLproject`` entry points and the benchmarks all run these stages through
-:func:`run_pipeline`; no other place writes their order. A stage whose output the home already
+:func:`run_pipeline` rather than writing the order again. A stage whose output the home already
 holds is skipped, unless an earlier stage ran in the same call (its input changed) or the
 caller asks for a rerun. Each stage's body is the library function the matching CLI command
 calls (``data_layer``, ``training``, ``serving``); this module only wires them, and imports
