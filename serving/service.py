@@ -300,8 +300,9 @@ class CustomerView(BaseModel):
 
     customer_id: str = Field(description="The id as requested.", examples=["C000042"])
     as_of: str = Field(
-        description="The instant (UTC, ISO 8601) the features and scores are computed for: "
-        "the request's, or OMNISCORE_CLOCK when set.",
+        description="The instant (UTC, ISO 8601) the features are as of: the request's (or "
+        "OMNISCORE_CLOCK when set) when they come from the live state, the snapshot time "
+        "when the service serves the Feast online store (OMNISCORE_SERVE_FEATURES=online).",
         examples=["2026-06-03T14:25:00Z"],
     )
     features: dict[str, float | str | None] = Field(
@@ -529,10 +530,10 @@ class OmniScore:
         models = self.models
         if models is None:
             raise RuntimeError("models not loaded")
-        if not self.live.known([customer_id])[0]:
-            return None
         now = self.now()
         batch = self._batch(models, [customer_id], now)
+        if not batch.known[0]:  # no event and no profile row (or, served online: no row)
+            return None
         record = to_records(score(models, batch))[0]
         features = {}
         for j, name in enumerate(models.layout.names):
@@ -559,7 +560,8 @@ class OmniScore:
         stamp = now.isoformat().replace("+00:00", "Z")
         return {
             "customer_id": customer_id,
-            "as_of": stamp,
+            # Served online, the features are those of the stored snapshot.
+            "as_of": stamp if self.serving_live() else record["feature_timestamp"],
             "features": features,
             "propensity": record["propensity"],
             "churn": record["churn"],
