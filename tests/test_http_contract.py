@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.config import SchemathesisConfig
 from training_home import copy_home
 
-from serving.guard import as_json_error, redact_paths
+from serving.guard import Guard, as_json_error, redact_paths
 from serving.launcher import start_server
 from serving.openapi import allowed_methods, published_document
 
@@ -172,6 +172,69 @@ def test_server_paths_are_taken_out_of_messages():
         "request body exceeds 65536 bytes",
     ):
         assert redact_paths(kept) == kept
+
+
+def _guarded(app, **options) -> httpx.AsyncClient:
+    doc = published_document(BENTO_SPEC, secured=False)
+    guard = Guard(app, api_key=None, max_body_bytes=1024, openapi=lambda: doc, **options)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=guard), base_url="http://guard")
+
+
+def test_the_guard_answers_429_over_the_limit_and_504_past_the_deadline():
+    import anyio
+
+    async def slow_app(scope, receive, send):
+        await anyio.sleep(30)
+
+    async def scenario():
+        async with _guarded(slow_app, max_concurrency=1, deadline=0.5) as client:
+            answers = {}
+
+            async def post(name):
+                answers[name] = await client.post("/reply", json={"ids": [1]})
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(post, "first")
+                await anyio.sleep(0.1)  # the first one holds the only slot
+                group.start_soon(post, "second")
+            return answers
+
+    answers = anyio.run(scenario)
+    assert answers["second"].status_code == 429
+    assert answers["second"].json()["error"] == "too_many_requests"
+    assert answers["first"].status_code == 504
+    assert answers["first"].json() == {
+        "error": "timeout",
+        "message": "the request was not answered within 0.5 s",
+    }
+
+
+def test_the_guard_refuses_undocumented_methods_and_hides_crashes():
+    import anyio
+
+    async def failing_app(scope, receive, send):
+        raise RuntimeError("cannot open /srv/omniscore/secret.db")
+
+    async def scenario():
+        async with _guarded(failing_app) as client:
+            return (
+                await client.request("TRACE", "/readyz"),
+                await client.put("/things/C000001"),
+                await client.post("/reply", json={"ids": [1]}),
+            )
+
+    trace, put, crashed = anyio.run(scenario)
+    assert trace.status_code == 405 and trace.headers["allow"] == "GET, HEAD"
+    assert put.status_code == 405 and put.headers["allow"] == "GET, HEAD"
+    assert put.json() == {
+        "error": "method_not_allowed",
+        "message": "PUT is not allowed here; allowed: GET, HEAD",
+    }
+    assert crashed.status_code == 500
+    assert crashed.json() == {
+        "error": "internal_error",
+        "message": "the server failed to handle the request; see its log",
+    }
 
 
 # --- the service over HTTP ----------------------------------------------------------------
