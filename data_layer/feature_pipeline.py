@@ -9,7 +9,8 @@ event is touched once however many snapshots overlap it.
 
 Every feature at T depends only on the customer's events in ``[T - HISTORY_NEEDED, T)`` plus
 four lifetime scalars (first event, last customer-initiated event per channel, last purchase
-per channel). The live path (:mod:`data_layer.live_state`) keeps exactly that per customer and
+per channel) and the customer's purchases at any age (the 180-day, 365-day and lifetime
+purchase features). The live path (:mod:`data_layer.live_state`) keeps exactly that per customer and
 calls :func:`compute_snapshots` on it: one definition, two paths.
 """
 
@@ -26,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_layer.event_store import events_relation_sql, read_customers
+from data_layer.event_store import events_relation_sql, profile_at, read_customers
 from data_layer.schema import (
     CHANNELS,
     CUSTOMER_INITIATED_FAMILIES,
@@ -37,9 +38,12 @@ from data_layer.schema import (
 from data_layer.settings import Settings
 from feature_repo.catalog import (
     ACTIVITY_WINDOWS_DAYS,
+    BUILTIN_FEATURES,
     CART_RECOVERY_HOURS,
     FEATURE_NAMES,
+    FEATURES,
     LONG_WINDOW_DAYS,
+    PURCHASE_WINDOWS_DAYS,
     SESSION_GAP_HOURS,
     SWITCH_LOOKBACK_DAYS,
     TOUCH_WINDOW_HOURS,
@@ -213,7 +217,10 @@ _SESSIONS_SQL = f"""
 
 _FETCH_EVENTS_SQL = """
 SELECT ev.cust, ev.ts, ev.ch, ev.typ, ev.initiated,
-       coalesce(ev.amount, 0)::DOUBLE AS amount, coalesce(ev.rating, 'NaN'::DOUBLE) AS rating,
+       -- A purchase without an amount (a log ingested with `amounts: none`) stays NaN, so the
+       -- customer's revenue features are missing rather than zero; amounts of other types
+       -- are never summed.
+       ev.amount::DOUBLE AS amount, coalesce(ev.rating, 'NaN'::DOUBLE) AS rating,
        coalesce(t.touched_other, false) AS touched_other,
        coalesce(t.web_touch, false) AS web_touch,
        coalesce(t.email_touch, false) AS email_touch,
@@ -295,7 +302,7 @@ def _window_columns(
     out: dict[str, np.ndarray] = {}
     rows_at = {
         offset: acc.rows(t_us - offset * _US_PER_DAY)
-        for offset in {0, 60, *ACTIVITY_WINDOWS_DAYS, long, 30}
+        for offset in {0, 60, *ACTIVITY_WINDOWS_DAYS, long, 30, *PURCHASE_WINDOWS_DAYS}
     }
 
     def at(cum: np.ndarray, offset_days: int) -> np.ndarray:
@@ -324,8 +331,9 @@ def _window_columns(
         on = initiated & (ch == code)
         windows(f"n_{name}", on, spans=ACTIVITY_WINDOWS_DAYS)
         latest(f"last_{name}", on)
-    windows("purch", purchase)
+    windows("purch", purchase, spans=(long, *PURCHASE_WINDOWS_DAYS))
     trend("rev", acc.cumulative(keys[purchase], amount[purchase]))
+    _purchase_history(out, ev, purchase, acc, at)
     windows("ret", ret)
     latest("last_purch", purchase)
     online = np.isin(ch, [_CHANNEL_CODE[c] for c in ONLINE_CHANNELS])
@@ -391,6 +399,40 @@ def _window_columns(
     return out
 
 
+def _purchase_history(
+    out: dict[str, np.ndarray], ev: dict[str, np.ndarray], purchase: np.ndarray, acc, at
+) -> None:
+    """Long-window and lifetime purchase sums for sparse buyers.
+
+    ``rev__<span>`` for the long purchase windows and, over the whole history before T, the
+    purchase count and revenue, the distinct purchase days and the sum and sum of squares of
+    the whole-day gaps between consecutive purchase days. A purchase day is an item stamped at
+    its first purchase, its gap measured from the customer's previous purchase day, so both
+    depend only on purchases before T (every purchase, however old: the live state keeps them).
+    """
+    cust, ts, amount = ev["cust"][purchase], ev["ts"][purchase], ev["amount"][purchase]
+    keys = acc.keys(cust, ts)
+    revenue = acc.cumulative(keys, amount)
+    for span in PURCHASE_WINDOWS_DAYS:
+        out[f"rev__{span}"] = at(revenue, 0) - at(revenue, span)
+    out["purch__life"] = at(acc.cumulative(keys), 0)
+    out["rev__life"] = at(revenue, 0)
+    day = ts // _US_PER_DAY
+    order = np.lexsort((ts, day, cust))
+    cust, ts, day = cust[order], ts[order], day[order]
+    first = np.ones(len(cust), dtype=bool)
+    first[1:] = (cust[1:] != cust[:-1]) | (day[1:] != day[:-1])
+    d_cust, d_ts, d_day = cust[first], ts[first], day[first]
+    has_prev = np.zeros(len(d_cust), dtype=bool)
+    has_prev[1:] = d_cust[1:] == d_cust[:-1]
+    gap = np.zeros(len(d_cust), dtype=np.float64)
+    gap[1:] = np.where(has_prev[1:], d_day[1:] - d_day[:-1], 0).astype(np.float64)
+    day_keys = acc.keys(d_cust, d_ts)
+    out["pdays__life"] = at(acc.cumulative(day_keys), 0)
+    out["gap_sum__life"] = at(acc.cumulative(day_keys, gap), 0)
+    out["gap_sq__life"] = at(acc.cumulative(day_keys, gap * gap), 0)
+
+
 def _fetch(con: duckdb.DuckDBPyConnection, sql: str) -> dict[str, np.ndarray]:
     table = con.sql(sql).to_arrow_table()
     return {name: table.column(name).to_numpy() for name in table.column_names}
@@ -430,7 +472,10 @@ def compute_snapshots(
         else:
             con.register("events_in", events)
             source = "events_in"
-        con.register("customers", customers[["customer_id", "signup_date"]])
+        signups = customers[["customer_id", "signup_date"]]
+        if signups["customer_id"].duplicated().any():  # several versions of a profile row
+            signups = signups.groupby("customer_id", as_index=False)["signup_date"].min()
+        con.register("customers", signups)
         con.execute(_event_sql(source))
         ev = _fetch(con, _FETCH_EVENTS_SQL)
         sessions = _fetch(con, _FETCH_SESSIONS_SQL)
@@ -446,7 +491,9 @@ def compute_snapshots(
                 con.unregister(view)
 
     t_us = np.array([t.value // 1000 for t in stamps], dtype=np.int64)
-    offsets = np.array([0, *ACTIVITY_WINDOWS_DAYS, 60, LONG_WINDOW_DAYS], dtype=np.int64)
+    offsets = np.array(
+        [0, *ACTIVITY_WINDOWS_DAYS, 60, LONG_WINDOW_DAYS, *PURCHASE_WINDOWS_DAYS], dtype=np.int64
+    )
     boundaries = np.unique((t_us[:, None] - offsets[None, :] * _US_PER_DAY).ravel())
     acc = _Accumulator(len(ids["cust"]), boundaries)
     columns = _window_columns(ev, sessions, active_days, acc, t_us)
@@ -468,11 +515,14 @@ def compute_snapshots(
         frame[name] = raw
     frame["signup_us"] = signup[c_index]
     frame["customer_id"] = ids["customer_id"][c_index]
-    profile = customers.drop_duplicates("customer_id").set_index("customer_id")
-    for col in _PROFILE_COLUMNS:
-        if col in profile:
-            frame[col] = profile[col].reindex(frame["customer_id"]).to_numpy(dtype=object)
+    profile_columns = [*_PROFILE_COLUMNS, *(f.name for f in _profile_extras())]
+    frame.update(profile_at(customers, frame["customer_id"], frame["T"], profile_columns))
     return _derive(frame)
+
+
+def _profile_extras() -> list:
+    """The extra profile features the home declared (catalog entries after the built-ins)."""
+    return FEATURES[len(BUILTIN_FEATURES) :]
 
 
 _MISSING_US = np.iinfo(np.int64).max
@@ -514,6 +564,20 @@ def _derive(f: dict[str, np.ndarray]) -> pd.DataFrame:
         out[f"{prefix}returns_{long}d"] = returns
         out[f"{prefix}return_rate_{long}d"] = _ratio(returns, purchases)
         out[f"{prefix}days_since_last_purchase"] = _days_between(f["T"], f[f"last_purch{key}"])
+    for span in PURCHASE_WINDOWS_DAYS:
+        out[f"purchases_{span}d"] = total(f"purch__{span}")
+        out[f"revenue_{span}d"] = total(f"rev__{span}")
+    out["purchases_lifetime"] = total("purch__life")
+    out["revenue_lifetime"] = total("rev__life")
+    purchase_days = total("pdays__life")
+    out["purchase_days_lifetime"] = purchase_days
+    gaps = np.where(purchase_days >= 2, purchase_days - 1, 0)
+    mean_gap = _ratio(total("gap_sum__life"), gaps)
+    with np.errstate(invalid="ignore"):
+        variance = np.maximum(_ratio(total("gap_sq__life"), gaps) - mean_gap * mean_gap, 0.0)
+    out["purchase_gap_mean_days"] = mean_gap
+    out["purchase_gap_std_days"] = np.sqrt(variance)
+    out["purchase_recency_ratio"] = _ratio(out["days_since_last_purchase"], mean_gap)
     for name, num, den in [
         ("email_open_rate", "email_open", "email_send"),
         ("email_click_rate", "email_click", "email_send"),
@@ -561,6 +625,13 @@ def _derive(f: dict[str, np.ndarray]) -> pd.DataFrame:
     for col in _PROFILE_COLUMNS:
         values = f[col] if col in f else np.full(rows, None, dtype=object)
         out[col] = pd.array(np.where(pd.isna(values), None, values), dtype="string")
+    for extra in _profile_extras():
+        values = f[extra.name] if extra.name in f else np.full(rows, None, dtype=object)
+        if extra.dtype == "string":
+            text = np.where(pd.isna(values), None, values.astype(str)).astype(object)
+            out[extra.name] = pd.array(text, dtype="string")
+        else:
+            out[extra.name] = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy("float64")
 
     result = {
         "customer_id": f["customer_id"].astype(str).astype(object),

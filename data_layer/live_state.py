@@ -3,11 +3,15 @@ event, so the live path serves exactly the batch pipeline's values.
 
 Every feature at T depends only on the customer's events in ``[T - HISTORY_NEEDED, T)`` plus
 the lifetime scalars (first event, last customer-initiated event per channel, last purchase per
-channel; see :mod:`data_layer.feature_pipeline`). Per customer the state keeps:
+channel) and the customer's purchases (for the long purchase windows and the lifetime purchase
+features; see :mod:`data_layer.feature_pipeline`). Per customer the state keeps:
 
 - **recent events**: every event with a timestamp at or after the horizon (the newest ``now``
   folded minus :data:`LIVE_HORIZON`), with only the columns the features read plus
   ``event_id``;
+- **purchases**: every purchase event, however old (a slot each, ``purchase_event:<id>``), for
+  the 180-day, 365-day and lifetime purchase features; purchases are sparse beside the other
+  events, and a set keyed by event id folds idempotently;
 - **slots**: for each lifetime scalar, the event that sets it, among all events (``all:``) and
   among the events older than the horizon (``old:``). Each is a minimum or a maximum by
   (timestamp, event_id), so folding is idempotent and order-free. The ``old:`` slots make the
@@ -89,7 +93,8 @@ class FoldReport:
     """What one fold changed: ``customers`` whose features may have changed (they had an event
     folded or older than the horizon), events ``folded`` into the recent events,
     ``already_folded`` (held already, or repeated in the batch), and ``too_old`` (older than
-    the horizon: they change only the lifetime scalars, never a window)."""
+    the horizon: they change only the lifetime scalars and, for a purchase, the long purchase
+    windows; never a window of the other events)."""
 
     customers: list[str]
     folded: int
@@ -199,7 +204,9 @@ def lifetime_slots(batch: _Batch, rows: Iterable[int], prefix: str) -> dict[tupl
     The slots are the lifetime scalars of :func:`~data_layer.feature_pipeline.compute_snapshots`
     (``first_ts``, ``last_<channel>``, ``last_purch``, ``last_purch_<channel>``): the first
     event of any kind (a minimum), the last customer-initiated event per channel and the last
-    purchase per channel (maxima; the last purchase overall is the latest of those). Ties on the
+    purchase per channel (maxima; the last purchase overall is the latest of those); and one
+    slot per purchase event (``purchase_event:<event_id>``), which the long-window and lifetime
+    purchase features read. Ties on the
     timestamp go to the smaller (minimum) or larger (maximum) event_id, so the winner does not
     depend on the order events arrive in. Returns ``{(customer, slot): (kind, row)}``.
     """
@@ -208,10 +215,16 @@ def lifetime_slots(batch: _Batch, rows: Iterable[int], prefix: str) -> dict[tupl
         return {}
     channel = pd.Series(batch.channel[idx], dtype=object).fillna("")
     every = np.ones(len(idx), dtype=bool)
+    purchases = batch.event_type[idx] == "purchase"
+    event_ids = pd.Series(batch.event_id[idx], index=channel.index, dtype=object)
     offers = [
         ("min", every, pd.Series(f"{prefix}first", index=channel.index, dtype=object)),
         ("max", np.isin(batch.family[idx], _INITIATED), f"{prefix}last:" + channel),
         ("max", batch.event_type[idx] == "purchase", f"{prefix}purchase:" + channel),
+        # Every purchase keeps a slot of its own (not prefixed, so "all:" and "old:" offers
+        # coincide): the long-window and lifetime purchase features read all of them. One
+        # event per slot, so merging it again is a no-op, as for the other slots.
+        ("max", purchases, "purchase_event:" + event_ids),
     ]
     best: dict[tuple[str, str], tuple] = {}
     for kind, mask, slot in offers:

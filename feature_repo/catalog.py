@@ -24,6 +24,8 @@ whether an event starts a session depends only on the day before it."""
 SWITCH_LOOKBACK_DAYS = 30
 """A session is a channel switch only when the customer's previous session started at most this
 long before it: an older one is a return, not a switch, and the look-back stays bounded."""
+PURCHASE_WINDOWS_DAYS: tuple[int, ...] = (180, 365)
+"""Long purchase windows for sparse buyers (a few purchases a year), beside the lifetime ones."""
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,74 @@ def _catalog() -> list[Feature]:
                 ch,
             )
         )
+    for span in PURCHASE_WINDOWS_DAYS:
+        add(
+            Feature(
+                f"purchases_{span}d",
+                "transactions",
+                "float",
+                f"Purchases on any channel in the {span} days before T.",
+            )
+        )
+        add(
+            Feature(
+                f"revenue_{span}d",
+                "transactions",
+                "float",
+                f"Sum of purchase amounts on any channel in the {span} days before T.",
+            )
+        )
+    add(
+        Feature(
+            "purchases_lifetime",
+            "transactions",
+            "float",
+            "Purchases on any channel before T (the whole history).",
+        )
+    )
+    add(
+        Feature(
+            "revenue_lifetime",
+            "transactions",
+            "float",
+            "Sum of purchase amounts on any channel before T (the whole history).",
+        )
+    )
+    add(
+        Feature(
+            "purchase_days_lifetime",
+            "transactions",
+            "float",
+            "Distinct UTC days holding a purchase before T (lines of one basket count once).",
+        )
+    )
+    add(
+        Feature(
+            "purchase_gap_mean_days",
+            "transactions",
+            "float",
+            "Mean number of days between consecutive purchase days before T: (last purchase day "
+            "- first purchase day) / (purchase days - 1) (null with fewer than two purchase days).",
+        )
+    )
+    add(
+        Feature(
+            "purchase_gap_std_days",
+            "transactions",
+            "float",
+            "Standard deviation (population) of the days between consecutive purchase days "
+            "before T (0 with one gap, null with fewer than two purchase days).",
+        )
+    )
+    add(
+        Feature(
+            "purchase_recency_ratio",
+            "transactions",
+            "float",
+            "days_since_last_purchase / purchase_gap_mean_days: how overdue the customer is "
+            "against their usual gap (null with fewer than two purchase days).",
+        )
+    )
     add(
         Feature(
             f"email_open_rate_{w}d",
@@ -345,10 +415,49 @@ def _catalog() -> list[Feature]:
     return features
 
 
-FEATURES: tuple[Feature, ...] = tuple(_catalog())
+BUILTIN_FEATURES: tuple[Feature, ...] = tuple(_catalog())
+"""The catalog without any home's extra profile features."""
+# The next four hold the built-in features plus the extra profile features a home declares
+# (:func:`use_profile_extras`). They are updated in place, never rebound, so every module that
+# imported them sees the same catalog.
+FEATURES: list[Feature] = list(BUILTIN_FEATURES)
 FEATURES_BY_NAME: dict[str, Feature] = {f.name: f for f in FEATURES}
-FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
-CATEGORICAL_FEATURES: tuple[str, ...] = tuple(f.name for f in FEATURES if f.dtype == "string")
+FEATURE_NAMES: list[str] = [f.name for f in FEATURES]
+CATEGORICAL_FEATURES: list[str] = [f.name for f in FEATURES if f.dtype == "string"]
+
+PROFILE_EXTRA_DTYPES: dict[str, str] = {"categorical": "string", "numeric": "float"}
+"""Kinds of extra profile feature a customers mapping may declare, and their catalog dtype."""
+
+
+def profile_extra_features(extras: dict[str, str]) -> list[Feature]:
+    """Catalog entries (view ``profile``) for declared extra profile columns: name → kind."""
+    out = []
+    for name, kind in extras.items():
+        if kind not in PROFILE_EXTRA_DTYPES:
+            known = ", ".join(PROFILE_EXTRA_DTYPES)
+            raise ValueError(f"profile feature {name!r}: kind {kind!r} is not one of {known}")
+        if any(f.name == name for f in BUILTIN_FEATURES):
+            raise ValueError(f"profile feature {name!r} is already a catalog feature")
+        what = f"{name} ({kind}), declared by the customers mapping: its latest row before T."
+        out.append(Feature(name, "profile", PROFILE_EXTRA_DTYPES[kind], what))
+    return out
+
+
+def use_profile_extras(extras: dict[str, str]) -> None:
+    """Make the catalog the built-in features plus a home's extra profile features.
+
+    ``Settings.from_env`` calls it with the home's declaration (``profile_features.json``,
+    written by ``omniscore ingest-customers``), so the feature pipeline, the Feast views and
+    services and the models of that home all see the extras. ``{}`` restores the built-ins.
+    """
+    features = [*BUILTIN_FEATURES, *profile_extra_features(extras)]
+    FEATURES[:] = features
+    FEATURES_BY_NAME.clear()
+    FEATURES_BY_NAME.update((f.name, f) for f in features)
+    FEATURE_NAMES[:] = [f.name for f in features]
+    CATEGORICAL_FEATURES[:] = [f.name for f in features if f.dtype == "string"]
+
+
 RFM_FEATURES: tuple[str, ...] = (
     f"purchases_{LONG_WINDOW_DAYS}d",
     f"revenue_{LONG_WINDOW_DAYS}d",
@@ -436,8 +545,11 @@ def features_markdown() -> str:
         f"longest window, plus the switch look-back and one session gap), plus four lifetime "
         "scalars that are idempotent to fold (a minimum or a maximum): the first event, the last "
         "customer-initiated event per channel and the last purchase per channel (for *days "
-        "since* and *tenure*). The live state (`data_layer/live_state.py`) keeps a horizon of "
-        "events a little longer than that plus the events that set the lifetime scalars, and "
+        "since* and *tenure*), plus the customer's purchases at any age (for the "
+        f"{' and '.join(f'{d}-day' for d in PURCHASE_WINDOWS_DAYS)} and lifetime purchase "
+        "features; a set keyed by event id, so folding one twice changes nothing). The live state "
+        "(`data_layer/live_state.py`) keeps a horizon of events a little longer than that, every "
+        "purchase, and the events that set the lifetime scalars, and "
         "computes features by running this same pipeline on them, so the live path and the "
         "batch pipeline give equal values at the same instant.",
         "",

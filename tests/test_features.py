@@ -258,6 +258,18 @@ EXPECTED_A = {
     "call_center_returns_90d": 0.0,
     "call_center_return_rate_90d": 0.0,
     "call_center_days_since_last_purchase": 41.5625,
+    # long windows and lifetime: every purchase before T (a1 included), all inside 180 days
+    "purchases_180d": 5.0,
+    "revenue_180d": 365.0,  # 40 + 60 + 100 + 120 + 45
+    "purchases_365d": 5.0,
+    "revenue_365d": 365.0,
+    "purchases_lifetime": 5.0,
+    "revenue_lifetime": 365.0,
+    "purchase_days_lifetime": 5.0,
+    # purchase days 02-20, 03-11, 04-20, 05-06, 05-20 (2024 is a leap year): gaps 20, 40, 16, 14
+    "purchase_gap_mean_days": 22.5,  # 90 / 4
+    "purchase_gap_std_days": math.sqrt(106.75),  # (2.5² + 17.5² + 6.5² + 8.5²) / 4
+    "purchase_recency_ratio": (11 + 835 / 1440) / 22.5,
     # engagement
     "email_open_rate_90d": 1 / 3,  # 1 open (a5) / 3 sends (a4 a8 a18)
     "email_click_rate_90d": 1 / 3,  # 1 click (a19) / 3 sends
@@ -302,7 +314,7 @@ EXPECTED_A = {
 
 def test_expected_values_cover_the_whole_catalog() -> None:
     assert list(EXPECTED_A) == list(FEATURE_NAMES)
-    assert len(EXPECTED_A) == 112
+    assert len(EXPECTED_A) == 122
 
 
 def test_customer_a_every_feature_at_t(snapshots: pd.DataFrame) -> None:
@@ -778,3 +790,58 @@ def test_build_features_at_instants_and_from_the_cli(tmp_path) -> None:
                       pd.Timestamp("2024-06-01 16:00", tz="UTC")}  # fmt: skip
     bad = CliRunner().invoke(app, ["features", "build", "--at", "noon", "--home", str(tmp_path)])
     assert bad.exit_code != 0 and "not an instant" in bad.output
+
+
+def test_long_window_and_lifetime_purchase_features_by_hand() -> None:
+    """180/365-day and lifetime purchases, distinct purchase days, the gaps between them and
+    recency against the usual gap, at two instants; repeat lines of one day count as one day."""
+    t = pd.Timestamp("2026-06-10 12:00", tz="UTC")
+    days_before = [(400, 10.0), (300, 20.0), (300.25, 5.0), (100, 30.0), (10, 40.0), (2, 0.0)]
+    events = to_canonical_table(
+        pd.DataFrame(
+            [
+                _ev("K", (t - pd.Timedelta(days=d)).tz_localize(None), "store", "purchase", amount)
+                for d, amount in days_before
+            ]
+        )
+    ).to_pandas()
+    profile = pd.DataFrame(
+        {
+            "customer_id": ["K"],
+            "signup_date": pd.to_datetime(["2024-01-01"], utc=True),
+            "region": ["north"],
+            "age_band": ["25-34"],
+            "loyalty_tier": ["gold"],
+            "preferred_device": ["mobile"],
+        }
+    )
+    earlier = t - pd.Timedelta(days=200)
+    rows = compute_snapshots(events, profile, [earlier, t]).set_index("event_timestamp")
+    # At t: purchase days t-400, t-300 (two lines, 06:00 and 12:00), t-100, t-10, t-2.
+    now = rows.loc[t]
+    assert (now["purchases_90d"], now["purchases_180d"], now["purchases_365d"]) == (2, 3, 5)
+    assert (now["revenue_180d"], now["revenue_365d"], now["revenue_lifetime"]) == (70, 95, 105)
+    assert now["purchases_lifetime"] == 6 and now["purchase_days_lifetime"] == 5
+    assert now["purchase_gap_mean_days"] == 99.5  # gaps 100, 200, 90, 8
+    # deviations from 99.5: 0.5, 100.5, -9.5, -91.5 → (0.25 + 10100.25 + 90.25 + 8372.25) / 4
+    assert now["purchase_gap_std_days"] == pytest.approx(math.sqrt(4640.75), rel=1e-12)
+    assert now["purchase_recency_ratio"] == pytest.approx(2 / 99.5, rel=1e-12)
+    # At t - 200 d: only the purchases of t-400 and t-300 are before it.
+    then = rows.loc[earlier]
+    assert (then["purchases_90d"], then["purchases_180d"], then["purchases_365d"]) == (0, 2, 3)
+    assert (then["revenue_180d"], then["revenue_lifetime"]) == (25, 35)
+    assert then["purchase_days_lifetime"] == 2
+    assert (then["purchase_gap_mean_days"], then["purchase_gap_std_days"]) == (100, 0)
+    assert then["purchase_recency_ratio"] == 1.0  # 100 days since the last, usual gap 100
+
+
+def test_one_purchase_day_has_no_usual_gap() -> None:
+    t = pd.Timestamp("2026-06-10", tz="UTC")
+    events = to_canonical_table(
+        pd.DataFrame([_ev("K", "2026-05-01 08:00", "web", "purchase", 12.5)])
+    ).to_pandas()
+    row = compute_snapshots(events, events[["customer_id"]].assign(signup_date=pd.NaT), [t])
+    one = row.iloc[0]
+    assert one["purchases_lifetime"] == 1 and one["purchase_days_lifetime"] == 1
+    assert pd.isna(one["purchase_gap_mean_days"]) and pd.isna(one["purchase_gap_std_days"])
+    assert pd.isna(one["purchase_recency_ratio"])

@@ -211,11 +211,15 @@ def _features(live: LiveState, customer: str = "K") -> pd.Series:
     return rows.iloc[0]
 
 
-def test_an_event_older_than_the_horizon_changes_no_window(sqlite_state) -> None:
+def test_a_purchase_older_than_the_horizon_changes_only_long_and_lifetime_values(
+    sqlite_state,
+) -> None:
     sqlite_state.fold(_events(*RECENT), T)
     before = _features(sqlite_state)
-    # 200 days before T: far older than the horizon and every window. It is the customer's
-    # only web purchase, so only the lifetime scalar "last web purchase" moves.
+    assert before["purchase_gap_mean_days"] == 9.0  # purchase days T-12 and T-3
+    # 200 days before T: far older than the horizon and every short window. It is the
+    # customer's only web purchase: "last web purchase" moves, and so do the 365-day and
+    # lifetime purchase features (the state keeps every purchase); nothing else.
     old = _events((200.0, "web", "purchase", 99.0))
     report = sqlite_state.fold(old, T)
     assert (report.folded, report.already_folded, report.too_old) == (0, 0, 1)
@@ -226,9 +230,24 @@ def test_an_event_older_than_the_horizon_changes_no_window(sqlite_state) -> None
         for n in FEATURE_NAMES
         if not ((pd.isna(before[n]) and pd.isna(after[n])) or before[n] == after[n])
     ]
-    assert changed == ["web_days_since_last_purchase"]
+    assert changed == [
+        "web_days_since_last_purchase",
+        "purchases_365d",
+        "revenue_365d",
+        "purchases_lifetime",
+        "revenue_lifetime",
+        "purchase_days_lifetime",
+        "purchase_gap_mean_days",
+        "purchase_gap_std_days",
+        "purchase_recency_ratio",
+    ]
     assert after["web_days_since_last_purchase"] == 200.0
     assert after["purchases_90d"] == 2.0 and after["revenue_90d"] == 55.0
+    assert after["purchases_180d"] == 2.0 and after["revenue_365d"] == 154.0
+    # Gaps of 188 and 9 days between the purchase days T-200, T-12 and T-3.
+    assert after["purchase_gap_mean_days"] == 98.5
+    assert after["purchase_gap_std_days"] == 89.5
+    assert after["purchase_recency_ratio"] == pytest.approx(3.0 / 98.5)
     # The old event is kept as a lifetime scalar, and the batch agrees.
     everything = pd.concat([_events(*RECENT), old])
     batch = compute_snapshots(everything, PROFILE, [T])

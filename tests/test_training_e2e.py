@@ -85,7 +85,7 @@ def test_registered_version_alias_and_the_serving_loader(home, trained):
     assert "trained on" in mv.description and "propensity_v1" in mv.description
     assert json.loads(mv.tags["omniscore.sha256"])["model.lgb"]
     model = load_version(home, "omniscore-propensity", mv.version)
-    assert model.feature_service == "propensity_v1" and len(model.feature_names) == 112
+    assert model.feature_service == "propensity_v1" and len(model.feature_names) == 122
     ts = build_training_set(home, "propensity", min_class=20)
     rows = ts.part("test")
     p = model.predict_proba(rows)
