@@ -15,7 +15,11 @@ than by the passage of time:
 - a time-linear feature is ``(t - anchor) / 86400 s`` with an anchor (last event, first seen,
   signup) fixed on ``[t0, t1)``. The anchor is recovered from the value at ``t0`` and kept only
   if recomputing the value at ``t0`` from it gives the same float bit for bit; the value at
-  ``t`` is then computed as the batch computes it, so it is equal, not close.
+  ``t`` is then computed as the batch computes it, so it is equal, not close. A ratio of such
+  a feature to a constant one (:data:`RATIOS`) is divided again the same way;
+- every entry is checked when it is made: its values moved :data:`PROBE_US` ahead must equal
+  the live state's own at that instant, or it serves only ``t0``. A feature whose dependence
+  on time these rules miss therefore costs cache hits, never exactness.
 
 A cached customer is recomputed when the request instant leaves ``[t0, t1)`` or when an event
 of theirs is stored: this process tells the cache itself (``POST /events``), and events
@@ -25,6 +29,7 @@ sequence numbers (:func:`data_layer.live_segment.customers_since`) at each reque
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,9 +58,20 @@ NUMERIC = tuple(f.name for f in FEATURES if f.dtype != "string")
 STRINGS = tuple(f.name for f in FEATURES if f.dtype == "string")
 LINEAR = tuple(n for n in NUMERIC if "days_since_last" in n or n == "tenure_days")
 """Features that grow with time alone: ``(t - anchor) / 86400 s``."""
+RATIOS = {
+    name: parts
+    for name, parts in {
+        "purchase_recency_ratio": ("days_since_last_purchase", "purchase_gap_mean_days"),
+    }.items()
+    if name in NUMERIC and all(p in NUMERIC for p in parts)
+}
+"""Time-dependent features that are a time-linear feature over a constant one (the pipeline's
+``_ratio``: missing unless the denominator is positive)."""
+_WINDOW_DAYS = {int(m.group(1)) for n in NUMERIC if (m := re.search(r"_(\d+)d$", n))}
 _DAY_OFFSETS = {
     *ACTIVITY_WINDOWS_DAYS,
-    60,
+    *_WINDOW_DAYS,
+    *(2 * d for d in _WINDOW_DAYS),  # trends compare a window with the one before it
     LONG_WINDOW_DAYS,
     LONG_WINDOW_DAYS + SWITCH_LOOKBACK_DAYS,
 }
@@ -71,6 +87,9 @@ CHANGE_OFFSETS_US = np.array(
 )
 """After an event at ``ts``, the instants ``ts + offset`` at which it can enter or leave a
 window, a look-back or a delay of some feature (over-counting only shortens a cache entry)."""
+PROBE_US = 1_000_000
+"""Each cache entry is checked one second after it was computed: the cached values moved to
+that instant must equal the state's own there, or the entry serves only its own instant."""
 MAX_CACHED = 200_000
 """Customers kept; past it the cache starts over (bounded memory)."""
 
@@ -181,6 +200,8 @@ class LiveFeatures:
             for c, e in entries.items()
             if e is None or not (e.computed_us <= at_us < e.valid_until_us)
         ]
+        self.hits += len(entries) - len(stale)
+        self.misses += len(stale)
         if stale:
             entries.update(self._compute(stale, at))
         rows = []
@@ -209,7 +230,8 @@ class LiveFeatures:
         if not known:  # no event and no profile row: nothing to compute
             return dict.fromkeys(customers)
         frame = self.state.features(known, at)
-        entries = self._entries_from(frame, _us(at))
+        probe = self.state.features(known, pd.Timestamp(at) + pd.Timedelta(microseconds=PROBE_US))
+        entries = self._entries_from(frame, _us(at), probe)
         with self._lock:
             self._store(entries)
         return {c: entries.get(c) for c in customers}
@@ -223,8 +245,15 @@ class LiveFeatures:
             else:
                 self._entries.pop(customer, None)
 
-    def _entries_from(self, frame: pd.DataFrame, at_us: int) -> dict[str, _Entry | None]:
-        """Cache entries of ``LiveState.features`` rows computed at ``at_us``."""
+    def _entries_from(
+        self, frame: pd.DataFrame, at_us: int, probe: pd.DataFrame | None = None
+    ) -> dict[str, _Entry | None]:
+        """Cache entries of ``LiveState.features`` rows computed at ``at_us``.
+
+        With ``probe`` (the same customers' rows one :data:`PROBE_US` later) an entry whose
+        values moved to the probe's instant equal the probe's is valid until its next event
+        boundary; otherwise (and without a probe) only at ``at_us`` itself.
+        """
         if frame.empty:
             return {}
         customers = frame["customer_id"].astype(str).tolist()
@@ -236,19 +265,41 @@ class LiveFeatures:
         offsets = np.rint(np.where(present, linear, 0.0) * 86400.0 * 1_000_000).astype(np.int64)
         anchors[present] = (at_us - offsets)[present]
         exact = np.where(present, days_between_us(at_us, anchors) == linear, True).all(axis=1)
-        until = self._valid_until(customers, at_us)
+        until = self._valid_until(customers, at_us) if probe is not None else {}
+        checks = {}
+        if probe is not None and not probe.empty:
+            probed = probe.set_index(probe["customer_id"].astype(str))
+            checks = {
+                c: (
+                    probed.loc[c, list(NUMERIC)].to_numpy(dtype="float64"),
+                    probed.loc[c, list(STRINGS)],
+                )
+                for c in customers
+                if c in probed.index
+            }
         out: dict[str, _Entry | None] = {}
         for i, customer in enumerate(customers):
             if not exact[i]:
                 out[customer] = None  # an anchor that does not reproduce the value: no cache
                 continue
-            out[customer] = _Entry(
+            entry = _Entry(
                 computed_us=at_us,
-                valid_until_us=until.get(customer, at_us),
+                valid_until_us=at_us + 1,
                 numeric=numeric[i].copy(),
                 anchors=anchors[i].copy(),
                 strings=dict(zip(STRINGS, strings.iloc[i].tolist(), strict=True)),
             )
+            boundary = until.get(customer, at_us)
+            if customer in checks and boundary > at_us + PROBE_US:
+                values, texts = checks[customer]
+                moved = self._numeric_at(entry, at_us + PROBE_US)
+                same = np.array_equal(moved, values, equal_nan=True) and all(
+                    (entry.strings[n] is None and pd.isna(texts[n])) or entry.strings[n] == texts[n]
+                    for n in STRINGS
+                )
+                if same:
+                    entry.valid_until_us = boundary
+            out[customer] = entry
         return out
 
     def _valid_until(self, customers: list[str], at_us: int) -> dict[str, int]:
@@ -266,11 +317,17 @@ class LiveFeatures:
 
     def _numeric_at(self, entry: _Entry, at_us: int) -> np.ndarray:
         values = entry.numeric.copy()
+        if at_us == entry.computed_us:
+            return values
         anchors = entry.anchors
         present = anchors != _MISSING
         if present.any():
             moved = days_between_us(at_us, np.where(present, anchors, 0))
             values[self._linear_index[present]] = moved[present]
+        index = self._numeric_index
+        for name, (num, den) in RATIOS.items():
+            d = values[index[den]]
+            values[index[name]] = values[index[num]] / d if d > 0 else np.nan
         return values
 
     def _assemble(
