@@ -103,9 +103,9 @@ def published_document(
     """A corrected copy of BentoML's OpenAPI ``spec`` (a dict as served at ``/docs.json``).
 
     - every error response of every operation refers to :data:`ERROR_SCHEMA`, and each lists
-      the statuses the service can answer there: 500 everywhere; 400, 413 and 415 where a
-      body is read; 401 (and the bearer security requirement) when ``secured``; 429, 503 and
-      504 outside the probes;
+      the statuses the service can answer there: 500 everywhere; 400 where a parameter or a
+      body is read, 413 and 415 where a body is; 401 (and the bearer security requirement)
+      when ``secured``; 429, 503 and 504 outside the probes;
     - ``/readyz`` documents its 503 and its JSON body;
     - a response body given inline as a copy of a component refers to the component, which
       keeps ``null`` for optional fields;
@@ -140,6 +140,8 @@ def published_document(
                 else:
                     _refer_to_component(responses[status], schemas)
             statuses = {500}
+            if operation.get("parameters"):
+                statuses.add(400)
             if "requestBody" in operation:
                 statuses |= {400, 413, 415}
                 _require_body_with_required_fields(operation["requestBody"], schemas)

@@ -72,7 +72,10 @@ BENTO_SPEC = {
             }
         },
         "/things/{thing_id}": {
-            "get": {"responses": {200: {"description": "ok"}, 404: BENTO_ERRORS[404]}}
+            "get": {
+                "parameters": [{"name": "thing_id", "in": "path", "required": True}],
+                "responses": {200: {"description": "ok"}, 404: BENTO_ERRORS[404]},
+            }
         },
     },
     "components": {
@@ -113,6 +116,7 @@ def test_the_published_document_lists_every_status_with_one_error_body():
     # A templated path may answer 404; the probe needs no key and documents its 503 body.
     thing = doc["paths"]["/things/{thing_id}"]["get"]["responses"]
     assert thing["404"]["content"]["application/json"]["schema"] == ERROR_REF
+    assert sorted(thing) == ["200", "400", "401", "404", "429", "500", "503", "504"]
     readyz = doc["paths"]["/readyz"]["get"]
     assert sorted(readyz["responses"]) == ["200", "500", "503"] and "security" not in readyz
     assert readyz["responses"]["503"]["content"]["application/json"]["schema"] == {
