@@ -2,23 +2,42 @@
 
 Writes are append-only and idempotent: a batch's rows whose ``event_id`` is already stored
 (or repeated inside the batch) are counted as duplicates and not written again.
+
+Computed event ids are 128-bit (:data:`data_layer.schema.EVENT_ID_HEX_DIGITS`). A store
+written before that holds 16-digit ids; the first write to it (ingest, generate's replace
+aside, or a live append) migrates it under the store lock (:func:`migrate_event_ids`, also
+``omniscore migrate-event-ids``), so a re-ingested file is still recognised. The marker file
+``events/event-ids.json`` says a store's ids are current.
+
+The profile table keeps every version of each customer's row with its ``valid_from``
+instant (:func:`write_customers`), so snapshots take attributes point-in-time.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from data_layer import live_segment
-from data_layer.schema import CUSTOMER_SCHEMA, EVENT_SCHEMA
+from data_layer.schema import (
+    CUSTOMER_SCHEMA,
+    EVENT_ID_HEX_DIGITS,
+    EVENT_SCHEMA,
+    event_id_hashes,
+    event_ids_of,
+    is_legacy_event_id,
+    ranked_repeats,
+)
 from data_layer.settings import Settings
 
 
@@ -63,7 +82,93 @@ def write_events(settings: Settings, table: pa.Table, *, replace: bool = False) 
     with live_segment.store_lock(settings):
         if replace:
             live_segment.reset(settings)
-        return _write_events(settings, table, replace=replace)
+        else:
+            ensure_current_event_ids(settings)
+        result = _write_events(settings, table, replace=replace)
+        _mark_current(settings)
+        return result
+
+
+ID_MARKER = "event-ids.json"
+"""File in ``events/`` saying the store's computed ids are 128-bit (absent: written before)."""
+
+
+def _marker_path(settings: Settings) -> Path:
+    return settings.events_dir / ID_MARKER
+
+
+def _mark_current(settings: Settings) -> None:
+    path = _marker_path(settings)
+    if not path.exists():
+        settings.events_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"event_id_hex_digits": EVENT_ID_HEX_DIGITS}) + "\n")
+
+
+def event_ids_current(settings: Settings) -> bool:
+    """True when the store's computed ids have today's width (or it holds nothing yet)."""
+    if _marker_path(settings).exists():
+        return True
+    stored = any(settings.events_dir.glob("*.parquet")) or (
+        live_segment.segment_path(settings).exists() and live_segment.pending_count(settings) > 0
+    )
+    return not stored
+
+
+def ensure_current_event_ids(settings: Settings) -> int:
+    """Migrate a store of 16-digit ids before it is written to; returns the ids rewritten.
+
+    Cheap when the store is current (one file check), so every writer calls it.
+    """
+    if event_ids_current(settings):
+        return 0
+    return migrate_event_ids(settings)
+
+
+def migrate_event_ids(settings: Settings) -> int:
+    """Rewrite a store's 16-digit computed ids as today's 128-bit ones; the ids rewritten.
+
+    An id is rewritten when it is the 16-digit id its row's content was given (the first half
+    of the new one; identical rows ranked in store order, as ingest ranks a file's lines). Ids
+    a live client chose are kept. Old files are renamed ``*.parquet.legacy`` while the new
+    file is written, then deleted, so an interrupted run loses nothing. Run ``omniscore
+    features materialize`` afterwards so the live state (keyed by event id) is rebuilt.
+    """
+    with live_segment.store_lock(settings):
+        files = event_files(settings)  # seals the live segment first
+        rewritten = 0
+        if files:
+            table = pq.ParquetDataset(files).read().cast(EVENT_SCHEMA)
+            frame = table.to_pandas()
+            ids = frame["event_id"]
+            legacy = is_legacy_event_id(ids)
+            if legacy.any():
+                hashes = ranked_repeats(event_id_hashes(frame[legacy]))
+                candidates = event_ids_of(hashes)
+                computed = np.char.equal(
+                    np.asarray([c[:16] for c in candidates], dtype=str),
+                    ids[legacy].to_numpy(dtype=str),
+                )
+                # Rows of one content may carry its legacy ranks in another order: accept any
+                # legacy id that some row of the same content would have been given.
+                known = set(c[:16] for c in candidates)
+                computed |= np.isin(ids[legacy].to_numpy(dtype=str), list(known))
+                new_ids = ids.to_numpy(dtype=object).copy()
+                positions = np.flatnonzero(legacy)[computed]
+                new_ids[positions] = candidates[computed]
+                rewritten = int(computed.sum())
+                if rewritten:
+                    frame["event_id"] = new_ids
+                    out = pa.Table.from_pandas(frame, schema=EVENT_SCHEMA, preserve_index=False)
+                    parked = []
+                    for old in files:
+                        target = old.with_name(old.name + ".legacy")
+                        old.rename(target)
+                        parked.append(target)
+                    _write_batch(settings, out)
+                    for target in parked:
+                        target.unlink()
+        _mark_current(settings)
+        return rewritten
 
 
 def _write_events(settings: Settings, table: pa.Table, *, replace: bool) -> WriteResult:
@@ -138,17 +243,125 @@ def event_data_hash(settings: Settings) -> str:
     return hashlib.sha256(repr(digest).encode()).hexdigest()[:16]
 
 
+PROFILE_EXTRAS_NAME = "profile_features.json"
+"""File in the home declaring the extra profile features its customers table carries."""
+PROFILE_EXTRA_KINDS = ("categorical", "numeric")
+
+
 def write_customers(settings: Settings, customers: pd.DataFrame) -> None:
-    """Replace the customers (profile) table."""
+    """Replace the customers (profile) table (the generator's static profiles).
+
+    Rows get a null ``valid_from``: valid since before any snapshot.
+    """
     settings.home.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pandas(
-        customers[list(CUSTOMER_SCHEMA.names)], schema=CUSTOMER_SCHEMA, preserve_index=False
-    )
-    pq.write_table(table, settings.customers_path)
+    frame = customers[list(CUSTOMER_SCHEMA.names)].copy()
+    frame["valid_from"] = pd.Series(pd.NaT, index=frame.index, dtype="datetime64[us, UTC]")
+    _write_customer_table(settings, frame, {})
+
+
+def customers_schema(extras: dict[str, str]) -> pa.Schema:
+    """The stored profile table: the canonical columns, ``valid_from`` and declared extras."""
+    fields = [*CUSTOMER_SCHEMA, pa.field("valid_from", pa.timestamp("us", tz="UTC"))]
+    for name, kind in extras.items():
+        fields.append(pa.field(name, pa.string() if kind == "categorical" else pa.float64()))
+    return pa.schema(fields)
+
+
+def _write_customer_table(settings: Settings, frame: pd.DataFrame, extras: dict[str, str]) -> None:
+    schema = customers_schema(extras)
+    frame = frame.sort_values(["customer_id", "valid_from"], kind="stable", na_position="first")
+    table = pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
+    tmp = settings.customers_path.with_suffix(".tmp")
+    pq.write_table(table, tmp)
+    tmp.rename(settings.customers_path)
+    extras_path = settings.home / PROFILE_EXTRAS_NAME
+    if extras:
+        extras_path.write_text(json.dumps(extras, indent=2) + "\n")
+    elif extras_path.exists():
+        extras_path.unlink()
+
+
+def read_profile_extras(settings: Settings) -> dict[str, str]:
+    """Extra profile features the home declares: name → ``categorical`` or ``numeric``."""
+    path = settings.home / PROFILE_EXTRAS_NAME
+    if not path.exists():
+        return {}
+    return {str(k): str(v) for k, v in json.loads(path.read_text()).items()}
+
+
+def merge_customers(
+    settings: Settings, rows: pd.DataFrame, extras: dict[str, str]
+) -> tuple[int, int]:
+    """Add validated profile rows (with ``valid_from``); returns (added, duplicates).
+
+    A row equal to a stored one is a duplicate, so loading a file twice adds nothing. A row
+    with a stored row's customer and ``valid_from`` but other values replaces it (a corrected
+    export). Extras declared earlier stay declared; a name declared again with another kind
+    is an error.
+    """
+    declared = read_profile_extras(settings)
+    for name, kind in extras.items():
+        if declared.get(name, kind) != kind:
+            raise ValueError(
+                f"profile feature {name!r} is stored as {declared[name]}; it cannot become {kind}"
+            )
+    merged_extras = {**declared, **extras}
+    columns = customers_schema(merged_extras).names
+    stored = read_customers(settings).reindex(columns=columns)
+    incoming = rows.reindex(columns=columns)
+    # (An empty stored table is left out: concat would otherwise guess dtypes from it.)
+    both = pd.concat([f for f in (stored, incoming) if len(f)] or [incoming], ignore_index=True)
+    for col in ("signup_date", "valid_from"):
+        both[col] = pd.to_datetime(both[col], utc=True).astype("datetime64[us, UTC]")
+    for name, kind in merged_extras.items():
+        both[name] = both[name].astype("float64" if kind == "numeric" else object)
+    from_file = np.arange(len(both)) >= len(stored)
+    text = both.astype(str)
+    identical = text.duplicated(keep="first").to_numpy()
+    duplicates = int((identical & from_file).sum())
+    kept = both[~identical]
+    # Of several rows for one (customer, valid_from), the file's (the later one) wins.
+    kept = kept[~text[~identical].duplicated(["customer_id", "valid_from"], keep="last")]
+    settings.home.mkdir(parents=True, exist_ok=True)
+    _write_customer_table(settings, kept, merged_extras)
+    return len(incoming) - duplicates, duplicates
 
 
 def read_customers(settings: Settings) -> pd.DataFrame:
-    """The customers table, or an empty one when only events were ingested."""
+    """The customers table (every version of each row), or an empty one when only events
+    were ingested."""
     if not settings.customers_path.exists():
         return CUSTOMER_SCHEMA.empty_table().to_pandas()
     return pq.read_table(settings.customers_path).to_pandas()
+
+
+def profile_at(
+    customers: pd.DataFrame, customer_ids: np.ndarray, t_us: np.ndarray, columns: list[str]
+) -> dict[str, np.ndarray]:
+    """Profile values of each (customer, T) pair, point-in-time: from the customer's latest
+    row whose ``valid_from`` is strictly before T (a row without ``valid_from`` is valid from
+    the start). ``t_us`` is T in UTC microseconds; columns the table lacks are left out."""
+    present = [c for c in columns if c in customers]
+    ids = np.asarray(customer_ids).astype(str).astype(object)
+    if "valid_from" not in customers or customers["valid_from"].isna().all():
+        latest = customers.drop_duplicates("customer_id", keep="last").set_index("customer_id")
+        return {c: latest[c].reindex(ids).to_numpy(dtype=object) for c in present}
+    rows = customers[["customer_id", "valid_from", *present]].copy()
+    rows["customer_id"] = rows["customer_id"].astype(str).astype(object)
+    valid = pd.to_datetime(rows["valid_from"], utc=True).astype("datetime64[us, UTC]")
+    # int64 microseconds; "valid from the start" sorts before every T.
+    rows["valid_us"] = np.where(
+        valid.isna(), np.iinfo(np.int64).min + 1, valid.astype("int64").to_numpy()
+    ).astype(np.int64)
+    left = pd.DataFrame(
+        {"customer_id": ids, "T": np.asarray(t_us, dtype=np.int64), "position": np.arange(len(ids))}
+    )
+    merged = pd.merge_asof(
+        left.sort_values("T", kind="stable"),
+        rows.drop(columns="valid_from").sort_values("valid_us", kind="stable"),
+        left_on="T",
+        right_on="valid_us",
+        by="customer_id",
+        allow_exact_matches=False,  # a row valid from T is not seen by the snapshot at T
+    ).sort_values("position")
+    return {c: merged[c].to_numpy(dtype=object) for c in present}

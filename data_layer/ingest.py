@@ -2,10 +2,15 @@
 
 ``omniscore ingest FILE --mapping mapping.yaml`` reads a CSV, TSV, Parquet or JSON Lines file,
 renames its columns and recodes its values with an :class:`IngestMapping`, validates every
-row, appends the valid rows to the event store (idempotently: ``event_id`` hashes the row's
-content) and writes every rejected row, with its original values and the reason, to a
-quarantine Parquet file. No row is dropped or changed silently:
-``rows_read == accepted + duplicates + quarantined``. ``docs/ingest.md`` is the user guide.
+row, appends the valid rows to the event store and writes every rejected row, with its
+original values and the reason, to a quarantine Parquet file. No row is dropped or changed
+silently: ``rows_read == accepted + duplicates + quarantined``.
+
+Ingest is idempotent and loses no line: ``event_id`` is a 128-bit hash of the row's content
+combined with its rank among identical lines of the file (the k-th repeat gets its own id,
+:func:`data_layer.schema.ranked_repeats`), or of the source's own id when the mapping names
+an ``event_id_column``. Re-ingesting a file gives the same ids, so every duplicate is a
+re-ingested row. ``docs/ingest.md`` is the user guide.
 """
 
 from __future__ import annotations
@@ -27,17 +32,29 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from data_layer.event_store import WriteResult, write_events
+from data_layer.erasure import withhold_events
+from data_layer.event_store import (
+    WriteResult,
+    merge_customers,
+    read_profile_extras,
+    write_events,
+)
 from data_layer.schema import (
     CHANNELS,
     EVENT_TYPES,
     OPTIONAL_COLUMNS,
     REQUIRED_COLUMNS,
+    event_id_hashes,
+    event_ids_of,
+    ranked_repeats,
+    source_id_hashes,
     to_canonical_table,
 )
 from data_layer.settings import Settings
+from feature_repo.catalog import profile_extra_features, use_profile_extras
 
 # --- reasons, in the order they are checked (a row gets the first that applies) ---------------
+MISSING_EVENT_ID = "missing event_id"
 MISSING_CUSTOMER_ID = "missing customer_id"
 MISSING_TIMESTAMP = "missing event_timestamp"
 UNPARSEABLE_TIMESTAMP = "unparseable event_timestamp"
@@ -51,10 +68,12 @@ NON_NUMERIC_AMOUNT = "non-numeric amount: {value}"
 MISSING_CURRENCY = "missing currency"
 UNKNOWN_CURRENCY = "unknown currency: {value}"
 MISSING_PURCHASE_AMOUNT = "missing amount on purchase"
-NON_POSITIVE_PURCHASE_AMOUNT = "non-positive purchase amount"
+NEGATIVE_PURCHASE_AMOUNT = "negative purchase amount"
 RATING_OUT_OF_RANGE = "rating out of range (1-5)"
+CONFLICTING_EVENT_ID = "event_id {value} repeated with different content"
 
 REASON_ORDER: tuple[str, ...] = (
+    MISSING_EVENT_ID,
     MISSING_CUSTOMER_ID,
     MISSING_TIMESTAMP,
     UNPARSEABLE_TIMESTAMP,
@@ -68,8 +87,9 @@ REASON_ORDER: tuple[str, ...] = (
     MISSING_CURRENCY,
     UNKNOWN_CURRENCY,
     MISSING_PURCHASE_AMOUNT,
-    NON_POSITIVE_PURCHASE_AMOUNT,
+    NEGATIVE_PURCHASE_AMOUNT,
     RATING_OUT_OF_RANGE,
+    CONFLICTING_EVENT_ID,
 )
 """Every quarantine reason, in checking order; ``{value}`` is the row's source value."""
 
@@ -78,6 +98,11 @@ MISSING_COLUMN = "missing required column: {name}"
 
 NOTE_UNKNOWN_AS_OTHER = "event_type mapped to other: {value}"
 NOTE_RETURN_SIGN = "negative return amount stored as a positive refund"
+NOTE_IDENTICAL_LINES = "identical lines kept as separate events (k-th repeat gets its own id)"
+NOTE_NO_AMOUNTS = "no amounts in this log (amounts: none): amount stored as missing"
+
+AMOUNT_MODES: tuple[str, ...] = ("required", "none")
+"""``amounts`` of a mapping: purchases need an amount, or the log carries no revenue."""
 
 FORMATS: tuple[str, ...] = ("csv", "tsv", "parquet", "jsonl")
 """File formats ``read_source`` understands (chosen by extension unless given)."""
@@ -141,6 +166,11 @@ class IngestMapping:
     """Currency code → units of ``base_currency`` per unit (``USD: 0.92`` with base EUR)."""
     base_currency: str = "USD"
     """Currency of stored amounts; rows already in it need no rate."""
+    amounts: str = "required"
+    """``required``: purchases need an amount. ``none``: the log has no revenue; amounts are
+    stored as missing and revenue features are missing, not zero."""
+    event_id_column: str | None = None
+    """Source column holding the source's own event id; rows sharing it are one event."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> IngestMapping:
@@ -162,6 +192,9 @@ class IngestMapping:
             }
         if data.get("channels") is not None:
             data["channels"] = [str(c) for c in data["channels"]]
+        if "amounts" in data:
+            # YAML reads a bare `none` as text but `null`/`~` as None: both mean no amounts.
+            data["amounts"] = "none" if data["amounts"] is None else str(data["amounts"]).lower()
         mapping = cls(**data)
         mapping.validate()
         return mapping
@@ -199,6 +232,12 @@ class IngestMapping:
             problems.append(f"columns: several source columns map to {target!r}")
         if not self.channels:
             problems.append("channels: the channel vocabulary is empty")
+        if self.amounts not in AMOUNT_MODES:
+            problems.append(f"amounts {self.amounts!r} must be one of {', '.join(AMOUNT_MODES)}")
+        if self.event_id_column is not None and self.event_id_column in self.columns:
+            problems.append(
+                f"event_id_column {self.event_id_column!r} is also mapped under columns:"
+            )
         for column, table in self.values.items():
             if column not in VALUE_MAPPED_COLUMNS:
                 problems.append(
@@ -312,6 +351,10 @@ def _resolve_columns(available: list[str], mapping: IngestMapping) -> dict[str, 
     if mapping.currency_column is not None and mapping.currency_column not in available:
         raise _missing_column_error(
             mapping.currency_column, f"currency_column of the mapping; file has: {listing}"
+        )
+    if mapping.event_id_column is not None and mapping.event_id_column not in available:
+        raise _missing_column_error(
+            mapping.event_id_column, f"event_id_column of the mapping; file has: {listing}"
         )
     return sources
 
@@ -468,6 +511,11 @@ def normalise(
         if take.any():
             reason[take] = text if value is None else text + value[take].fillna("")
 
+    source_ids = None
+    if mapping.event_id_column is not None:
+        source_ids = _id_text(raw[mapping.event_id_column])
+        flag(source_ids.isna(), MISSING_EVENT_ID)
+
     customer_id = _id_text(column("customer_id"))
     flag(customer_id.isna(), MISSING_CUSTOMER_ID)
 
@@ -506,12 +554,14 @@ def normalise(
 
     is_purchase = (event_type == "purchase").fillna(False).to_numpy(dtype=bool)
     amount_raw = column("amount")
-    if amount_raw is None:
+    if mapping.amounts == "none":
+        amount = np.full(n, np.nan)
+    elif amount_raw is None:
         if is_purchase.any():
             raise _missing_column_error(
                 "amount",
                 f"{int(is_purchase.sum())} purchase rows need an amount; map the amount column "
-                "under `columns:`",
+                "under `columns:`, or set `amounts: none` for a log without revenue",
             )
         amount = np.full(n, np.nan)
     else:
@@ -527,8 +577,9 @@ def normalise(
             flag(has_amount & currency.isna().to_numpy(), MISSING_CURRENCY)
             flag(has_amount & np.isnan(rate), "unknown currency: ", currency)
             amount = amount * rate
-    flag(is_purchase & np.isnan(amount), MISSING_PURCHASE_AMOUNT)
-    flag(is_purchase & (amount <= 0), NON_POSITIVE_PURCHASE_AMOUNT)
+        amount = amount + 0.0  # -0 is 0: one content, one id
+        flag(is_purchase & np.isnan(amount), MISSING_PURCHASE_AMOUNT)
+        flag(is_purchase & (amount < 0), NEGATIVE_PURCHASE_AMOUNT)
 
     rating_raw = column("rating")
     if rating_raw is None:
@@ -538,7 +589,13 @@ def normalise(
         out_of_range = rating_bad | (rating < 1) | (rating > 5)
         flag(out_of_range, RATING_OUT_OF_RANGE)
 
+    if source_ids is not None:
+        _flag_conflicting_ids(
+            source_ids, customer_id, timestamps, channel, event_type, amount, rating, reason
+        )
     good = reason.isna().to_numpy()
+    if mapping.amounts == "none" and (good & is_purchase).any():
+        notes[NOTE_NO_AMOUNTS] += int((good & is_purchase).sum())
     accepted = pd.DataFrame(
         {
             "customer_id": customer_id[good],
@@ -571,9 +628,61 @@ def normalise(
             accepted[name] = _recode(_text(raw_col), values.get("device", {}))[good]
         else:
             accepted[name] = _id_text(raw_col)[good]
+    if source_ids is not None:
+        accepted["event_id"] = event_ids_of(source_id_hashes(source_ids[good]))
     accepted = accepted.reset_index(drop=True)
     accepted.attrs["notes"] = dict(notes)
     return accepted, quarantine_rows(raw, reason, source)
+
+
+def _flag_conflicting_ids(
+    source_ids: pd.Series,
+    customer_id: pd.Series,
+    timestamps: pd.Series,
+    channel: pd.Series,
+    event_type: pd.Series,
+    amount: np.ndarray,
+    rating: np.ndarray,
+    reason: pd.Series,
+) -> None:
+    """Quarantine a row whose source id an earlier valid row of the file has, with other
+    content: it is not a re-sent copy of that event, and keeping either silently would lose
+    one. Exact copies stay valid and count as duplicates."""
+    good = reason.isna().to_numpy()
+    if not good.any():
+        return
+    content = pd.DataFrame(
+        {
+            "customer_id": customer_id[good],
+            "event_timestamp": timestamps[good],
+            "channel": channel[good],
+            "event_type": event_type[good],
+            "amount": amount[good],
+            "rating": rating[good],
+        }
+    )
+    hashes = event_id_hashes(content)[:, 0]
+    ids = source_ids[good].reset_index(drop=True)
+    first = pd.Series(hashes).groupby(ids.to_numpy(), sort=False).transform("first")
+    conflict = np.zeros(len(reason), dtype=bool)
+    conflict[np.flatnonzero(good)] = first.to_numpy(dtype=np.uint64) != hashes
+    if conflict.any():
+        reason[conflict] = "event_id " + source_ids[conflict] + " repeated with different content"
+
+
+def assign_event_ids(accepted: pd.DataFrame) -> int:
+    """Give a normalised file's rows their ``event_id`` (in place); the repeats ranked.
+
+    Rows with a source id (``event_id_column``) already have one. Otherwise identical rows
+    of the file get distinct ids by rank (:func:`data_layer.schema.ranked_repeats`); returns
+    how many rows were such repeats.
+    """
+    if "event_id" in accepted or not len(accepted):
+        return 0
+    hashes = event_id_hashes(accepted)
+    ranked = ranked_repeats(hashes)
+    accepted["event_id"] = event_ids_of(ranked)
+    return int((ranked != hashes).any(axis=1).sum())
 
 
 def quarantine_rows(raw: pd.DataFrame, reason: pd.Series, source: str) -> pd.DataFrame:
@@ -604,7 +713,8 @@ class IngestReport:
     accepted: int
     """Valid rows newly written to the store."""
     duplicates: int
-    """Valid rows whose event was already stored (or repeated earlier in the same file)."""
+    """Valid rows whose event was already stored: a re-ingested row (or, with a source
+    ``event_id_column``, an exact copy of an earlier row of the file)."""
     quarantined: int
     quarantine_path: Path | None
     reasons: Counter[str] = field(default_factory=Counter)
@@ -678,6 +788,12 @@ def ingest_file(
     path = Path(path)
     frame = read_source(path, file_format)
     accepted, quarantined = normalise(frame, mapping, source=path.name)
+    # Events of erased customers are quarantined as "erased customer", holding no raw id.
+    accepted, quarantined = withhold_events(settings, frame, accepted, quarantined, path.name)
+    notes = Counter(accepted.attrs.get("notes", {}))
+    repeats = assign_event_ids(accepted)
+    if repeats:
+        notes[NOTE_IDENTICAL_LINES] += repeats
     quarantine_path = None
     # Quarantine first: if writing events then fails, no rejected row has been lost and a
     # re-run is idempotent for the accepted ones.
@@ -694,9 +810,259 @@ def ingest_file(
         quarantined=len(quarantined),
         quarantine_path=quarantine_path,
         reasons=Counter(quarantined["reason"].value_counts().to_dict()),
-        notes=Counter(accepted.attrs.get("notes", {})),
+        notes=notes,
         events_path=result.path,
     )
     if report.rows_read != report.valid + report.quarantined:  # pragma: no cover - invariant
         raise RuntimeError(f"ingest lost rows: {report}")
+    return report
+
+
+# --- customers (profile tables) -----------------------------------------------------------------
+CUSTOMER_COLUMNS: tuple[str, ...] = (
+    "customer_id",
+    "signup_date",
+    "region",
+    "age_band",
+    "loyalty_tier",
+    "preferred_device",
+    "valid_from",
+)
+"""Canonical columns a customers file's columns can be mapped to."""
+
+UNPARSEABLE_DATE = "unparseable {column}"
+MISSING_VALID_FROM = "missing valid_from"
+NON_NUMERIC_PROFILE = "non-numeric {column}: {value}"
+CONFLICTING_PROFILE = "another row of this file has this customer_id and valid_from"
+CUSTOMER_REASON_ORDER: tuple[str, ...] = (
+    MISSING_CUSTOMER_ID,
+    UNPARSEABLE_DATE,
+    MISSING_VALID_FROM,
+    NON_NUMERIC_PROFILE,
+    CONFLICTING_PROFILE,
+)
+"""Quarantine reasons of a customers file, in checking order (``unparseable {column}`` also
+covers a DST-ambiguous or nonexistent local time)."""
+
+
+@dataclass(frozen=True)
+class CustomerMapping:
+    """How a customers (profile) file maps onto the profile table."""
+
+    columns: dict[str, str] = field(default_factory=dict)
+    """Source column → canonical column or declared extra (``client: customer_id``)."""
+    extras: dict[str, str] = field(default_factory=dict)
+    """Extra profile features: name → ``categorical`` or ``numeric``. They join the profile
+    feature view and the models (``feature_repo.catalog.use_profile_extras``)."""
+    timestamp_format: str | None = None
+    """Format of ``signup_date`` and ``valid_from``: ``epoch_s``, ``epoch_ms``, a strptime
+    format, or None for ISO-8601."""
+    timezone: str = "UTC"
+    """IANA zone of naive dates and times."""
+    static: bool = False
+    """Without a ``valid_from`` column: True declares the attributes valid since before any
+    snapshot (attributes that never change); False (default) makes them valid from the time of
+    this ingest, so no past snapshot sees a value it could not have known."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> CustomerMapping:
+        """A mapping from plain data (a parsed YAML document); unknown keys are an error."""
+        data = dict(data or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown mapping key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+            )
+        for key in ("columns", "extras"):
+            if isinstance(data.get(key), dict):
+                data[key] = {str(k).strip(): str(v).strip() for k, v in data[key].items()}
+        mapping = cls(**data)
+        mapping.validate()
+        return mapping
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> CustomerMapping:
+        """Load a customers mapping file (see ``docs/ingest.md``)."""
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+        if data is not None and not isinstance(data, dict):
+            raise ValueError(f"{path}: a mapping file must be a YAML mapping of keys to values")
+        return cls.from_dict(data)
+
+    def fingerprint(self) -> str:
+        """A short stable hash of the mapping (names quarantine files of a run)."""
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
+        return hashlib.sha256(f"customers:{blob}".encode()).hexdigest()[:12]
+
+    def validate(self) -> None:
+        """Raise ValueError when the mapping itself is inconsistent."""
+        problems: list[str] = []
+        targets = [*CUSTOMER_COLUMNS, *self.extras]
+        for source, target in self.columns.items():
+            if target not in targets:
+                problems.append(
+                    f"columns: {source!r} maps to {target!r}, which is neither a profile column "
+                    f"({', '.join(CUSTOMER_COLUMNS)}) nor a declared extra"
+                )
+        mapped = list(self.columns.values())
+        for target in sorted({t for t in mapped if mapped.count(t) > 1}):
+            problems.append(f"columns: several source columns map to {target!r}")
+        for name in self.extras:
+            if name in CUSTOMER_COLUMNS:
+                problems.append(f"extras: {name!r} is a profile column, not an extra")
+        try:
+            profile_extra_features(
+                {k: v for k, v in self.extras.items() if k not in CUSTOMER_COLUMNS}
+            )
+        except ValueError as error:
+            problems.append(f"extras: {error}")
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            problems.append(f"timezone {self.timezone!r} is not an IANA time zone")
+        if problems:
+            raise ValueError("invalid customers mapping:\n  " + "\n  ".join(problems))
+
+
+def normalise_customers(
+    frame: pd.DataFrame, mapping: CustomerMapping, source: str, now: pd.Timestamp
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split a customers file into (profile rows, quarantined rows with reasons).
+
+    Profile rows have the canonical columns, ``valid_from`` (``now`` when the file has no such
+    column, null with ``static``) and the declared extras. Pure and vectorised.
+    """
+    mapping.validate()
+    raw = frame.reset_index(drop=True)
+    raw.columns = [str(c).strip() for c in raw.columns]
+    available = list(raw.columns)
+    sources: dict[str, str] = {t: s for s, t in mapping.columns.items() if s in available}
+    for name in (*CUSTOMER_COLUMNS, *mapping.extras):
+        if name not in sources and name in available and name not in mapping.columns:
+            sources[name] = name
+    listing = ", ".join(available) or "none"
+    for name in ("customer_id", *mapping.extras):
+        if name not in sources:
+            raise _missing_column_error(
+                name, f"map one of the file's columns to it under `columns:`; file has: {listing}"
+            )
+    index = raw.index
+    reason = pd.Series(pd.NA, index=index, dtype="string")
+
+    def flag(mask: np.ndarray, text: pd.Series | str) -> None:
+        take = np.asarray(mask, dtype=bool) & reason.isna().to_numpy()
+        if take.any():
+            reason[take] = text if isinstance(text, str) else text[take]
+
+    out = pd.DataFrame(index=index)
+    out["customer_id"] = _id_text(raw[sources["customer_id"]])
+    flag(out["customer_id"].isna().to_numpy(), MISSING_CUSTOMER_ID)
+    for column in ("signup_date", "valid_from"):
+        if column not in sources:
+            continue
+        stamps, problem = _parse_timestamps(raw[sources[column]], mapping)
+        missing = problem == MISSING_TIMESTAMP
+        if column == "valid_from":
+            flag(missing.fillna(False).to_numpy(), MISSING_VALID_FROM)
+        bad = problem.notna().to_numpy() & ~missing.fillna(False).to_numpy()
+        flag(bad, UNPARSEABLE_DATE.format(column=column))
+        out[column] = stamps
+    if "signup_date" not in out:
+        out["signup_date"] = pd.Series(pd.NaT, index=index, dtype="datetime64[ns, UTC]")
+    if "valid_from" not in out:
+        stamp = pd.NaT if mapping.static else pd.Timestamp(now).tz_convert("UTC").round("us")
+        out["valid_from"] = pd.Series(stamp, index=index, dtype="datetime64[ns, UTC]")
+    for column in ("region", "age_band", "loyalty_tier", "preferred_device"):
+        values = _text(raw[sources[column]]) if column in sources else None
+        out[column] = (
+            values.astype(object).where(values.notna(), None) if values is not None else None
+        )
+    for name, kind in mapping.extras.items():
+        text = _text(raw[sources[name]])
+        if kind == "numeric":
+            numbers, non_numeric = _numbers(text)
+            flag(non_numeric, "non-numeric " + name + ": " + text.fillna(""))
+            out[name] = numbers
+        else:
+            out[name] = text.astype(object).where(text.notna(), None)
+    good = reason.isna().to_numpy()
+    if good.any():
+        # Two different rows for one customer and instant: which is true is unknowable.
+        key = out.loc[good, ["customer_id", "valid_from"]].astype(str).agg("|".join, axis=1)
+        content = out.loc[good].astype(str).agg("|".join, axis=1)
+        first = content.groupby(key.to_numpy()).transform("first")
+        conflict = np.zeros(len(out), dtype=bool)
+        conflict[np.flatnonzero(good)] = (first != content).to_numpy()
+        flag(conflict, CONFLICTING_PROFILE)
+    good = reason.isna().to_numpy()
+    accepted = out[good].reset_index(drop=True)
+    return accepted, quarantine_rows(raw, reason, source)
+
+
+@dataclass(frozen=True)
+class CustomerIngestReport:
+    """What one customers ingest did. ``rows_read == accepted + duplicates + quarantined``."""
+
+    source: Path
+    rows_read: int
+    accepted: int
+    """Profile rows new to the table (a new customer, or a new version of one)."""
+    duplicates: int
+    """Rows already stored (same customer, ``valid_from`` and values): a re-ingest."""
+    quarantined: int
+    quarantine_path: Path | None
+    extras: dict[str, str] = field(default_factory=dict)
+    reasons: Counter[str] = field(default_factory=Counter)
+
+    def summary(self) -> str:
+        """Human-readable lines for the CLI."""
+        lines = [
+            f"{self.source.name}: {self.rows_read} rows read → {self.accepted} accepted, "
+            f"{self.duplicates} duplicates, {self.quarantined} quarantined"
+        ]
+        for name, kind in self.extras.items():
+            lines.append(f"  profile feature  {name} ({kind})")
+        for text, count in self.reasons.most_common():
+            lines.append(f"  quarantined {count:>8}  {text}")
+        if self.quarantine_path is not None:
+            lines.append(f"  quarantine file: {self.quarantine_path}")
+        return "\n".join(lines)
+
+
+def ingest_customers_file(
+    settings: Settings,
+    path: str | Path,
+    mapping: CustomerMapping,
+    file_format: str | None = None,
+    now: pd.Timestamp | None = None,
+) -> CustomerIngestReport:
+    """Read, validate and add one customers file to the profile table; quarantine the rest.
+
+    Declared extras are recorded in the home (``profile_features.json``), so the catalog of
+    every later command includes them; run ``omniscore features apply`` and ``features
+    build`` for them to reach the Feast views and the models.
+    """
+    path = Path(path)
+    frame = read_source(path, file_format)
+    now = pd.Timestamp.now(tz="UTC") if now is None else pd.Timestamp(now)
+    accepted, quarantined = normalise_customers(frame, mapping, path.name, now)
+    accepted, quarantined = withhold_events(settings, frame, accepted, quarantined, path.name)
+    quarantine_path = None
+    if len(quarantined):
+        quarantine_path = write_quarantine(settings, quarantined, path, mapping)
+    added, duplicates = merge_customers(settings, accepted, dict(mapping.extras))
+    use_profile_extras(read_profile_extras(settings))
+    report = CustomerIngestReport(
+        source=path,
+        rows_read=len(frame),
+        accepted=added,
+        duplicates=duplicates,
+        quarantined=len(quarantined),
+        quarantine_path=quarantine_path,
+        extras=dict(mapping.extras),
+        reasons=Counter(quarantined["reason"].value_counts().to_dict()),
+    )
+    if report.rows_read != added + duplicates + report.quarantined:  # pragma: no cover
+        raise RuntimeError(f"customers ingest lost rows: {report}")
     return report

@@ -38,6 +38,7 @@ import pandas as pd
 import pyarrow as pa
 
 from data_layer import live_segment
+from data_layer.event_store import ensure_current_event_ids
 from data_layer.ingest import (
     _INTEGRAL_FLOAT,
     CANONICAL_INPUTS,
@@ -493,6 +494,8 @@ def accept_events(
         name = f"live-{now.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
         quarantine_path = str(store_quarantine(settings, batch.quarantine, name))
     mark = time.perf_counter()
+    # A store of pre-128-bit ids is migrated first, so a redelivery is still recognised.
+    ensure_current_event_ids(settings)
     fresh = live_segment.append(settings, batch.events)
     timings["store"] = time.perf_counter() - mark
     ids = batch.events.column("event_id").to_pylist()

@@ -132,27 +132,50 @@ def _is_string_categorical(values: pd.Series) -> bool:
     )
 
 
+EVENT_ID_HEX_DIGITS = 32
+"""Width of a computed ``event_id``: 128 bits as lowercase hex. At 10^11 events the chance
+that any two distinct events share an id is about 10^-17 (64 bits, the width before issue 12,
+gave about 3% at 10^9). Stores written with 16-digit ids are migrated
+(:func:`data_layer.event_store.migrate_event_ids`)."""
+LEGACY_EVENT_ID_HEX_DIGITS = 16
+"""Width of the ids computed before issue 12 (the first half of today's, for the same row)."""
+
+# The second 64 bits of an id: strings hashed with another SipHash key, numbers re-mixed with
+# a salt, and the columns combined in reverse order, so the halves are independent hashes.
+_SECOND_KEY = "omniscore-ids-v2"
+_SALT = np.uint64(0x9E3779B97F4A7C15)
+_MISSING_HASH = np.iinfo(np.uint64).max  # how pandas hashes a missing value
+_SOURCE_ID_TAG = "omniscore:source-event-id"
+
+
+def _code_columns(events: pd.DataFrame) -> dict[str, np.ndarray | tuple[np.ndarray, np.ndarray]]:
+    """A frame's hashed columns in the form :func:`event_id_hashes_from_codes` takes."""
+    n = len(events)
+    columns: dict[str, np.ndarray | tuple[np.ndarray, np.ndarray]] = {}
+    for col in _HASHED_COLUMNS:
+        values = events[col] if col in events else pd.Series(None, index=events.index)
+        if col == "event_timestamp":
+            # Hash nanoseconds whatever the input resolution (Parquet reads back microseconds).
+            columns[col] = (
+                pd.to_datetime(values, utc=True).astype("datetime64[ns, UTC]").astype("int64")
+            ).to_numpy()
+        elif col in ("amount", "rating"):
+            columns[col] = pd.to_numeric(values).astype("float64").to_numpy()
+        elif _is_string_categorical(values):
+            categories = values.cat.categories.to_numpy(dtype=object)
+            columns[col] = (values.cat.codes.to_numpy(dtype=np.int64), categories)
+        else:
+            codes, uniques = pd.factorize(values.astype("string"), use_na_sentinel=True)
+            columns[col] = (
+                np.asarray(codes, dtype=np.int64).reshape(n),
+                np.asarray(uniques.astype(object), dtype=object),
+            )
+    return columns
+
+
 def event_id_hashes(events: pd.DataFrame) -> np.ndarray:
-    """The 64-bit content hash behind each row's ``event_id`` (uint64, vectorised)."""
-    content = pd.DataFrame(
-        {
-            col: (events[col] if col in events else pd.Series(None, index=events.index))
-            for col in _HASHED_COLUMNS
-        }
-    )
-    # Hash nanoseconds whatever the input resolution (Parquet reads back microseconds).
-    content["event_timestamp"] = (
-        pd.to_datetime(content["event_timestamp"], utc=True)
-        .astype("datetime64[ns, UTC]")
-        .astype("int64")
-    )
-    for col in ("amount", "rating"):
-        content[col] = pd.to_numeric(content[col]).astype("float64")
-    for col in ("customer_id", "channel", "event_type", "session_id", "device", "campaign_id"):
-        # A categorical of strings hashes exactly like the strings, and much faster.
-        if not _is_string_categorical(content[col]):
-            content[col] = content[col].astype("string")
-    return pd.util.hash_pandas_object(content, index=False).to_numpy(dtype=np.uint64)
+    """The 128-bit content hash behind each row's ``event_id``: uint64 array of shape (n, 2)."""
+    return event_id_hashes_from_codes(_code_columns(events))
 
 
 def event_id_hashes_from_codes(
@@ -164,39 +187,108 @@ def event_id_hashes_from_codes(
     nanoseconds, ``amount`` and ``rating`` as float64 (NaN when absent), and each string
     column as ``(codes, values)``: int codes into an array of distinct strings, -1 when absent.
     Strings are hashed once per distinct value, which is what makes bulk generation fast.
+    The first half is the 64-bit hash ids were made of before issue 12.
     """
-
-    def column_hash(col: str) -> np.ndarray:
+    first: list[np.ndarray] = []
+    second: list[np.ndarray] = []
+    for col in _HASHED_COLUMNS:
         value = columns[col]
         if isinstance(value, tuple):
             codes, strings = value
-            hashed = pd.util.hash_array(np.asarray(strings, dtype=object), categorize=False)
-            out = hashed[np.maximum(codes, 0)] if len(hashed) else np.zeros(len(codes), np.uint64)
-            out[codes < 0] = np.iinfo(np.uint64).max  # how pandas hashes a missing value
-            return out
-        return pd.util.hash_array(np.asarray(value))
+            codes = np.asarray(codes)
+            strings = np.asarray(strings, dtype=object)
+            for out, key in ((first, "0123456789123456"), (second, _SECOND_KEY)):
+                hashed = pd.util.hash_array(strings, hash_key=key, categorize=False)
+                per_row = (
+                    hashed[np.maximum(codes, 0)] if len(hashed) else np.zeros(len(codes), np.uint64)
+                )
+                per_row[codes < 0] = _MISSING_HASH
+                out.append(per_row)
+        else:
+            hashed = pd.util.hash_array(np.asarray(value))
+            first.append(hashed)
+            second.append(pd.util.hash_array(hashed ^ _SALT))
+    n = len(_HASHED_COLUMNS)
+    return np.column_stack(
+        [combine_hash_arrays(iter(first), n), combine_hash_arrays(iter(reversed(second)), n)]
+    )
 
-    return combine_hash_arrays((column_hash(c) for c in _HASHED_COLUMNS), len(_HASHED_COLUMNS))
 
+def source_id_hashes(source_ids: pd.Series) -> np.ndarray:
+    """128-bit hashes of a source's own event ids (the ``event_id`` column of a mapping).
 
-def _hex16(hashes: np.ndarray) -> np.ndarray:
-    as_bytes = hashes.astype(">u8").view(np.uint8).reshape(-1, 8)
-    return _HEX_PAIRS[as_bytes].view("S16").ravel()
-
-
-def compute_event_ids(events: pd.DataFrame) -> np.ndarray:
-    """Deterministic 16-hex-digit ids from each row's content, vectorised.
-
-    Re-ingesting a file therefore produces the same ids, which makes ingest idempotent.
-    Two rows with identical content get the same id and count as one event.
+    Tagged so that they never equal a content hash of the same text; (n, 2) uint64.
     """
-    return _hex16(event_id_hashes(events)).astype(str)
+    text = np.asarray(source_ids.astype("string").astype(object), dtype=object)
+    tag = np.full(len(text), _SOURCE_ID_TAG, dtype=object)
+    halves = []
+    for key in ("0123456789123456", _SECOND_KEY):
+        parts = [pd.util.hash_array(a, hash_key=key, categorize=False) for a in (tag, text)]
+        halves.append(combine_hash_arrays(iter(parts), 2))
+    return np.column_stack(halves)
+
+
+def ranked_repeats(hashes: np.ndarray) -> np.ndarray:
+    """Content hashes made distinct for repeated content within one source.
+
+    The first row of a content keeps its hash (the id a single such row gets), the k-th
+    repeat (k >= 1, in row order) gets the hash combined with k. Two identical lines of a log
+    are two purchases and stay two events, while re-reading the same file gives the same ids
+    again, so re-ingesting it adds nothing. ``hashes`` is (n, 2) uint64 from
+    :func:`event_id_hashes`; the first half of a repeat's id is what the generator gave
+    repeats before ids were widened.
+    """
+    hashes = np.asarray(hashes, dtype=np.uint64)
+    if len(hashes) == 0:
+        return hashes.copy()
+    keys = pd.DataFrame({"first": hashes[:, 0], "second": hashes[:, 1]})
+    rank = keys.groupby(["first", "second"], sort=False).cumcount().to_numpy(dtype=np.uint64)
+    repeat = rank > 0
+    out = hashes.copy()
+    if repeat.any():
+        k = rank[repeat]
+        out[repeat, 0] = combine_hash_arrays(iter([hashes[repeat, 0], pd.util.hash_array(k)]), 2)
+        out[repeat, 1] = combine_hash_arrays(
+            iter([hashes[repeat, 1], pd.util.hash_array(k ^ _SALT)]), 2
+        )
+    return out
+
+
+def _hex32(hashes: np.ndarray) -> np.ndarray:
+    as_bytes = np.ascontiguousarray(hashes, dtype=np.uint64).astype(">u8").view(np.uint8)
+    return _HEX_PAIRS[as_bytes.reshape(-1, 16)].view(f"S{EVENT_ID_HEX_DIGITS}").ravel()
+
+
+def event_ids_of(hashes: np.ndarray) -> np.ndarray:
+    """``event_id`` strings (32 hex digits) of (n, 2) hashes."""
+    return _hex32(hashes).astype(str)
+
+
+def compute_event_ids(events: pd.DataFrame, *, distinct_repeats: bool = False) -> np.ndarray:
+    """Deterministic 32-hex-digit ids from each row's content, vectorised.
+
+    Re-ingesting a file therefore produces the same ids, which makes ingest idempotent. With
+    ``distinct_repeats`` (what ``omniscore ingest`` asks for) identical rows get distinct ids
+    by their rank among the frame's rows (:func:`ranked_repeats`); without it, identical
+    rows share an id and count as one event (the live path: a redelivered message).
+    """
+    hashes = event_id_hashes(events)
+    if distinct_repeats:
+        hashes = ranked_repeats(hashes)
+    return event_ids_of(hashes)
+
+
+def is_legacy_event_id(ids: pd.Series) -> np.ndarray:
+    """Which ids have the shape of a pre-issue-12 computed id (16 lowercase hex digits)."""
+    text = ids.astype("string")
+    return text.str.fullmatch(r"[0-9a-f]{16}").fillna(False).to_numpy(dtype=bool)
 
 
 def event_id_array(hashes: np.ndarray) -> pa.Array:
     """Event ids as an Arrow string array from :func:`event_id_hashes` (no Python strings)."""
-    hexed = np.ascontiguousarray(_hex16(hashes))
-    offsets = np.arange(len(hexed) + 1, dtype=np.int32) * np.int32(16)
+    hexed = np.ascontiguousarray(_hex32(hashes))
+    width = np.int32(EVENT_ID_HEX_DIGITS)
+    offsets = np.arange(len(hexed) + 1, dtype=np.int32) * width
     return pa.Array.from_buffers(
         pa.string(), len(hexed), [None, pa.py_buffer(offsets), pa.py_buffer(hexed)]
     )

@@ -228,7 +228,14 @@ class Settings:
         values: dict[str, object] = {k: v for k, v in values.items() if v}
         for key in _INT_SETTINGS & set(values):
             values[key] = _whole_number(key, str(values[key]))
-        return cls(home=root, profile=path, **{**_DEFAULTS, **values})
+        settings = cls(home=root, profile=path, **{**_DEFAULTS, **values})
+        # The home's declared extra profile features join this process's feature catalog here,
+        # where every command, training job and service builds its settings.
+        from data_layer.event_store import read_profile_extras  # it imports this module
+        from feature_repo.catalog import use_profile_extras
+
+        use_profile_extras(read_profile_extras(settings))
+        return settings
 
     # --- canonical data ---------------------------------------------------------------
     @property

@@ -39,7 +39,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pandas.core.util.hashing import combine_hash_arrays
 from scipy.signal import lfilter
 from scipy.special import gammaincc
 
@@ -50,6 +49,7 @@ from data_layer.schema import (
     EVENT_TYPES,
     event_id_array,
     event_id_hashes_from_codes,
+    ranked_repeats,
 )
 from data_layer.settings import Settings
 
@@ -1439,7 +1439,8 @@ def _events_table(
     ``columns[0]`` holds customer codes into ``ids`` and ``columns[5]`` session codes into
     ``sessions`` (the block's own, so that only the block's strings are hashed).
     ``distinct_repeats`` gives rows of identical content distinct ids (see
-    :func:`_ranked_repeats`); the omnichannel world never repeats content, so it does not ask.
+    :func:`data_layer.schema.ranked_repeats`, the rule ingest applies); the omnichannel world
+    never repeats content, so it does not ask.
     """
     cust, t_us, channel, etype, amount, session, device, rating, campaign = columns
     start_us = cal.start.value // 1000
@@ -1457,7 +1458,7 @@ def _events_table(
         }
     )
     if distinct_repeats:
-        hashes = _ranked_repeats(hashes)
+        hashes = ranked_repeats(hashes)
     columns = {
         "event_id": event_id_array(hashes),
         "customer_id": _fixed_width_strings(ids.astype(bytes), cust),
@@ -1472,24 +1473,6 @@ def _events_table(
         "campaign_id": _take(cal.campaign_names, campaign),
     }
     return pa.table(columns, schema=EVENT_SCHEMA)
-
-
-def _ranked_repeats(hashes: np.ndarray) -> np.ndarray:
-    """Content hashes made distinct for repeated content: the first row of a content keeps its
-    hash (the id ingest computes), the k-th repeat (k >= 1, in row order) gets the hash
-    combined with k. Two identical lines of a log are two purchases, and stay two events.
-
-    This is the rule issue 12 proposes for ingest; until ingest adopts it, ingesting an export
-    of such a log keeps only the first of each set of identical lines.
-    """
-    rank = pd.Series(hashes).groupby(hashes, sort=False).cumcount().to_numpy(dtype=np.uint64)
-    repeat = rank > 0
-    out = hashes.copy()
-    if repeat.any():
-        out[repeat] = combine_hash_arrays(
-            iter([hashes[repeat], pd.util.hash_array(rank[repeat])]), 2
-        )
-    return out
 
 
 def _days_after(start: pd.Timestamp, days: np.ndarray) -> pd.DatetimeIndex:

@@ -211,6 +211,46 @@ def ingest(
         _fail(str(error))
     console.print(report.summary())
 
+@app.command("ingest-customers")
+def ingest_customers(
+    file: Annotated[
+        Path, typer.Argument(help="CSV, Parquet or JSON Lines file of customer profiles.")
+    ],
+    mapping: Annotated[
+        Path | None,
+        typer.Option(help="YAML mapping: column renames, valid_from, extra profile features."),
+    ] = None,
+    file_format: Annotated[
+        str | None, typer.Option("--format", help="csv, tsv, parquet or jsonl (default: by name).")
+    ] = None,
+    home: HomeOption = None,
+) -> None:
+    """Validate and add a customer (profile) table; rejected rows go to quarantine."""
+    from data_layer.ingest import CustomerMapping, ingest_customers_file
+
+    settings = _settings(home)
+    settings.ensure_dirs()
+    try:
+        rules = CustomerMapping.from_yaml(mapping) if mapping else CustomerMapping()
+        report = ingest_customers_file(settings, file, rules, file_format=file_format)
+    except (ValueError, FileNotFoundError) as error:
+        _fail(str(error))
+    console.print(report.summary())
+
+
+@app.command("migrate-event-ids")
+def migrate_event_ids(home: HomeOption = None) -> None:
+    """Widen a store's 16-digit event ids to 128 bits (writers also do it on first write)."""
+    from data_layer.event_store import migrate_event_ids as migrate
+
+    settings = _settings(home)
+    rewritten = migrate(settings)
+    console.print(
+        f"{rewritten:,} event ids widened to 128 bits"
+        if rewritten
+        else "event ids are already 128-bit: nothing to migrate"
+    )
+
 
 # --- features ------------------------------------------------------------------------------
 

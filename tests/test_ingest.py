@@ -6,6 +6,7 @@ through the real Parquet event store.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import textwrap
@@ -16,8 +17,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_layer.event_store import event_count, read_events
+from data_layer.event_store import (
+    ID_MARKER,
+    event_count,
+    event_ids_current,
+    migrate_event_ids,
+    read_customers,
+    read_events,
+)
 from data_layer.ingest import (
+    NOTE_IDENTICAL_LINES,
+    NOTE_NO_AMOUNTS,
     REASON_ORDER,
     IngestMapping,
     detect_format,
@@ -25,7 +35,13 @@ from data_layer.ingest import (
     load_mapping,
     normalise,
 )
-from data_layer.schema import CHANNELS, EVENT_SCHEMA, EVENT_TYPES, to_canonical_table
+from data_layer.schema import (
+    CHANNELS,
+    EVENT_SCHEMA,
+    EVENT_TYPES,
+    compute_event_ids,
+    to_canonical_table,
+)
 from data_layer.settings import Settings
 
 HEADER = "customer_id,event_timestamp,channel,event_type,amount,currency,rating"
@@ -67,7 +83,7 @@ c11,2025-01-10T10:00:00Z,web,purchase,"12,50",EUR,
 c12,2025-01-10T10:00:00Z,web,purchase,12.5,,
 c13,2025-01-10T10:00:00Z,web,purchase,12.5,JPY,
 c14,2025-01-10T10:00:00Z,store,purchase,,,
-c15,2025-01-10T10:00:00Z,store,purchase,0,USD,
+c15,2025-01-10T10:00:00Z,store,purchase,-5,USD,
 c16,2025-01-10T10:00:00Z,web,review,,,7
 c17,2025-01-10T10:00:00Z,web,review,,,great
 NULL,not a time,fax,teleport,abc,XXX,9
@@ -88,7 +104,7 @@ EXPECTED_REASONS = {
     12: "missing currency",
     13: "unknown currency: JPY",
     14: "missing amount on purchase",
-    15: "non-positive purchase amount",
+    15: "negative purchase amount",
     16: "rating out of range (1-5)",
     17: "rating out of range (1-5)",
     18: "missing customer_id",  # several problems: the first in REASON_ORDER wins
@@ -162,22 +178,23 @@ def test_reingest_adds_nothing_and_counts_add_up(settings, tmp_path):
         """,
     )
     first = ingest_file(settings, path, IngestMapping())
-    # The repeated page view is one event: valid, but a duplicate of the row before it.
-    assert (first.rows_read, first.accepted, first.duplicates, first.quarantined) == (5, 3, 1, 1)
+    # The repeated page view is a second page view: two identical lines are two events.
+    assert (first.rows_read, first.accepted, first.duplicates, first.quarantined) == (5, 4, 0, 1)
     assert first.valid == 4
-    assert event_count(settings) == 3
+    assert event_count(settings) == 4
+    assert first.notes == {NOTE_IDENTICAL_LINES: 1}
 
     second = ingest_file(settings, path, IngestMapping())
     assert second.accepted == 0
     assert second.duplicates == first.accepted + first.duplicates
     assert second.quarantined == first.quarantined
     assert second.rows_read == second.accepted + second.duplicates + second.quarantined
-    assert event_count(settings) == 3
+    assert event_count(settings) == 4
     assert second.quarantine_path == first.quarantine_path  # overwritten, not piled up
     assert len(list(settings.quarantine_dir.glob("*.parquet"))) == 1
 
     ids = read_events(settings)["event_id"]
-    assert ids.is_unique and ids.str.fullmatch(r"[0-9a-f]{16}").all()
+    assert ids.is_unique and ids.str.fullmatch(r"[0-9a-f]{32}").all()
 
 
 def test_quarantine_names_column_collisions_and_empty_file(settings, tmp_path):
@@ -438,7 +455,7 @@ def test_purchase_only_and_single_channel_logs(settings, tmp_path):
     )
     report = ingest_file(settings, orders, mapping)
     assert report.accepted == 1
-    assert report.reasons == {"non-positive purchase amount": 1, "missing amount on purchase": 1}
+    assert report.reasons == {"negative purchase amount": 1, "missing amount on purchase": 1}
     row = stored(settings).iloc[0]
     assert (row["customer_id"], row["channel"], row["event_type"], row["amount"]) == (
         "9001",
@@ -485,6 +502,143 @@ def test_currency_conversion(settings, tmp_path):
     assert quarantined[["source_row", "reason", "cur"]].values.tolist() == [
         [5, "unknown currency: CHF", "CHF"]
     ]
+
+
+# --- losing nothing: identical lines, zero amounts, source ids, logs without revenue --------
+REPEATS_CSV = """
+customer_id,event_timestamp,channel,event_type,amount
+r1,2025-03-01T10:00:00Z,store,purchase,4.50
+r1,2025-03-01T10:00:00Z,store,purchase,4.50
+r1,2025-03-01T10:00:00Z,store,purchase,4.50
+r1,2025-03-01T10:00:00Z,store,purchase,0
+r2,2025-03-02T10:00:00Z,store,purchase,-0
+"""
+
+
+def test_identical_lines_are_distinct_events_and_reingest_adds_nothing(settings, tmp_path):
+    path = write_text(tmp_path / "till.csv", REPEATS_CSV)
+    first = ingest_file(settings, path, IngestMapping())
+    # Three identical purchases are three purchases; $0 orders are real orders (and -0 is 0).
+    assert (first.rows_read, first.accepted, first.duplicates, first.quarantined) == (5, 5, 0, 0)
+    assert first.notes == {NOTE_IDENTICAL_LINES: 2}
+    events = stored(settings)
+    assert events["amount"].tolist() == [4.5, 4.5, 4.5, 0.0, 0.0]
+    assert str(events["amount"].iloc[4]) == "0.0"
+    # The first of identical lines has the plain content id; the k-th repeat its own id.
+    plain = compute_event_ids(events.iloc[:1])[0]
+    assert plain in set(events["event_id"]) and events["event_id"].is_unique
+    assert events["event_id"].str.fullmatch(r"[0-9a-f]{32}").all()
+
+    # The same file again, and a file holding the same lines in another order: nothing new,
+    # and every duplicate is a re-ingested row.
+    again = ingest_file(settings, path, IngestMapping())
+    assert (again.accepted, again.duplicates, again.quarantined) == (0, 5, 0)
+    shuffled = write_text(
+        tmp_path / "till2.csv",
+        "\n".join([REPEATS_CSV.strip().splitlines()[i] for i in (0, 4, 2, 1, 5, 3)]),
+    )
+    assert ingest_file(settings, shuffled, IngestMapping()).duplicates == 5
+    assert event_count(settings) == 5
+
+    # A fourth identical line in a later export is the one new purchase.
+    grown = write_text(
+        tmp_path / "till3.csv",
+        REPEATS_CSV + "r1,2025-03-01T10:00:00Z,store,purchase,4.50\n",
+    )
+    report = ingest_file(settings, grown, IngestMapping())
+    assert (report.accepted, report.duplicates) == (1, 5)
+    assert (stored(settings)["amount"] == 4.5).sum() == 4
+
+
+def test_a_source_event_id_column_is_honoured(settings, tmp_path):
+    path = write_text(
+        tmp_path / "orders.csv",
+        """
+        line_id,customer_id,event_timestamp,amount
+        L1,s1,2025-03-01T10:00:00Z,10
+        L2,s1,2025-03-01T10:00:00Z,10
+        L1,s1,2025-03-01T10:00:00Z,10
+        L3,s2,2025-03-01T11:00:00Z,5
+        L3,s2,2025-03-01T11:00:00Z,6
+        ,s2,2025-03-01T12:00:00Z,7
+        """,
+    )
+    mapping = IngestMapping(
+        event_id_column="line_id", default_channel="web", default_event_type="purchase"
+    )
+    report = ingest_file(settings, path, mapping)
+    # L1 twice is one order sent twice; L1 and L2 with equal content are two orders; L3
+    # repeated with another amount cannot be both: the later one is quarantined, not dropped.
+    assert (report.rows_read, report.accepted, report.duplicates, report.quarantined) == (
+        6,
+        3,
+        1,
+        2,
+    )
+    assert report.reasons == {
+        "event_id L3 repeated with different content": 1,
+        "missing event_id": 1,
+    }
+    assert sorted(stored(settings)["amount"]) == [5.0, 10.0, 10.0]
+    again = ingest_file(settings, path, mapping)
+    assert (again.accepted, again.duplicates) == (0, 4)
+    with pytest.raises(ValueError, match="missing required column: order_no"):
+        ingest_file(settings, path, dataclasses.replace(mapping, event_id_column="order_no"))
+
+
+def test_a_log_without_amounts_is_accepted_when_the_mapping_says_so(settings, tmp_path):
+    path = write_text(
+        tmp_path / "clicks.csv",
+        """
+        customer_id,event_timestamp,channel,event_type
+        k1,2025-03-01T10:00:00Z,web,product_view
+        k1,2025-03-01T10:05:00Z,web,purchase
+        k2,2025-03-01T11:00:00Z,app,purchase
+        """,
+    )
+    with pytest.raises(ValueError, match="amounts: none"):
+        ingest_file(settings, path, IngestMapping())
+    mapping = IngestMapping.from_dict({"amounts": "none"})
+    assert IngestMapping.from_dict({"amounts": None}).amounts == "none"
+    report = ingest_file(settings, path, mapping)
+    assert (report.accepted, report.quarantined) == (3, 0)
+    assert report.notes == {NOTE_NO_AMOUNTS: 2}
+    assert stored(settings)["amount"].isna().all()
+    with pytest.raises(ValueError, match="amounts 'some' must be one of"):
+        IngestMapping(amounts="some").validate()
+
+    # Revenue features are missing, not zero; counts still count.
+    from data_layer.feature_pipeline import compute_snapshots
+
+    snaps = compute_snapshots(read_events(settings), read_customers(settings), ["2025-03-02"])
+    snaps = snaps.set_index("customer_id")
+    assert snaps.loc["k1", "purchases_90d"] == 1 and snaps.loc["k2", "purchases_90d"] == 1
+    for name in ("revenue_90d", "avg_order_value_90d", "revenue_lifetime", "revenue_trend_30d"):
+        assert snaps[name].isna().all(), name
+    # Per channel: unknown where the customer bought, a known 0 where they did not.
+    assert pd.isna(snaps.loc["k1", "web_revenue_90d"]) and snaps.loc["k2", "web_revenue_90d"] == 0
+    assert pd.isna(snaps.loc["k2", "app_revenue_90d"]) and snaps.loc["k1", "app_revenue_90d"] == 0
+
+
+def test_old_stores_of_16_digit_ids_are_migrated_on_first_write(settings, tmp_path):
+    path = write_text(tmp_path / "till.csv", REPEATS_CSV)
+    ingest_file(settings, path, IngestMapping())
+    new_ids = set(read_events(settings)["event_id"])
+    # Rewrite the store as the code before issue 12 left it: 16-digit ids, no marker file.
+    table = pq.read_table(list(settings.events_dir.glob("*.parquet"))[0])
+    legacy = [i[:16] for i in table.column("event_id").to_pylist()]
+    table = table.set_column(0, "event_id", pa.array(legacy, pa.string()))
+    for old in settings.events_dir.glob("*.parquet"):
+        old.unlink()
+    (settings.events_dir / ID_MARKER).unlink()
+    pq.write_table(table, settings.events_dir / "batch-legacy.parquet")
+    assert not event_ids_current(settings)
+
+    # Re-ingesting the file migrates the store first, so it still adds nothing.
+    report = ingest_file(settings, path, IngestMapping())
+    assert (report.accepted, report.duplicates) == (0, 5)
+    assert set(read_events(settings)["event_id"]) == new_ids
+    assert event_ids_current(settings) and migrate_event_ids(settings) == 0
 
 
 # --- whole-file errors ------------------------------------------------------------------------
