@@ -316,11 +316,15 @@ class LiveState:
         self._duck_lock = threading.Lock()
 
     @classmethod
-    def open(cls, settings: Settings) -> LiveState:
-        """The state of this home: SQLite under the home, or the online store's Redis."""
+    def open(cls, settings: Settings, timeout_seconds: float = 10.0) -> LiveState:
+        """The state of this home: SQLite under the home, or the online store's Redis.
+
+        ``timeout_seconds`` bounds every Redis call, and a timed-out call is not retried: the
+        service passes its request timeout so an unresponsive Redis gives a 503, not a hang.
+        """
         spec = settings.online_store.strip()
         if spec.startswith("redis"):
-            return cls(_RedisBackend.connect(spec), settings)
+            return cls(_RedisBackend.connect(spec, timeout_seconds), settings)
         path = settings.home / "live" / "state.db"
         path.parent.mkdir(parents=True, exist_ok=True)
         return cls(_SqliteBackend(path), settings)
@@ -463,6 +467,12 @@ class LiveState:
         value = self._backend.horizon()
         return None if value is None else pd.Timestamp(value, unit="us", tz="UTC")
 
+    def forget(self, customer_ids: Sequence[str]) -> int:
+        """Erase customers from the state (``omniscore forget``): every recent event, slot and
+        profile row, or their Redis keys; the SQLite file is vacuumed so no freed page keeps
+        them. Returns the rows (SQLite) or keys (Redis) removed."""
+        return self._backend.forget(list(dict.fromkeys(str(c) for c in customer_ids)))
+
 
 # --- backends ------------------------------------------------------------------------------
 
@@ -482,6 +492,7 @@ class _Backend:
     def put_profiles(self, rows: list[tuple]) -> None: ...
     def known(self, customers: Sequence[str]) -> list[bool]: ...
     def clear(self) -> None: ...
+    def forget(self, customers: Sequence[str]) -> int: ...
     def close(self) -> None: ...
 
 
@@ -695,6 +706,26 @@ class _SqliteBackend(_Backend):
 
         self._write(run)
 
+    def forget(self, customers: Sequence[str]) -> int:
+        removed = 0
+
+        def run(con) -> None:
+            nonlocal removed
+            for part in _chunks(customers):
+                marks = ",".join("?" * len(part))
+                for table in ("recent", "slots", "profiles"):
+                    removed += con.execute(
+                        f"DELETE FROM {table} WHERE customer_id IN ({marks})", part
+                    ).rowcount
+
+        self._write(run)
+        with self.lock:
+            # Deleted rows stay in freed pages and WAL frames until the file is rebuilt.
+            self.con.execute("PRAGMA secure_delete=ON")
+            self.con.execute("VACUUM")
+            self.con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return removed
+
     def close(self) -> None:
         with self.lock:
             self.con.close()
@@ -769,8 +800,10 @@ class _RedisBackend(_Backend):
         self.max = client.register_script(_MAX_LUA)
 
     @classmethod
-    def connect(cls, spec: str) -> _RedisBackend:
+    def connect(cls, spec: str, timeout_seconds: float) -> _RedisBackend:
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
         from data_layer.feast_store import redis_online_store_config
 
@@ -793,7 +826,9 @@ class _RedisBackend(_Backend):
             password=options.get("password"),
             username=options.get("username"),
             ssl=options.get("ssl", "false").lower() == "true",
-            socket_timeout=10,
+            socket_timeout=timeout_seconds,
+            socket_connect_timeout=timeout_seconds,
+            retry=Retry(NoBackoff(), 0),
         )
         return cls(client)
 
@@ -870,6 +905,13 @@ class _RedisBackend(_Backend):
         for customer in customers:
             pipe.exists(self._key(customer, "profile"), self._key(customer, "slots"))
         return [bool(n) for n in pipe.execute()]
+
+    def forget(self, customers: Sequence[str]) -> int:
+        removed = 0
+        for part in _chunks(customers):
+            keys = [self._key(c, kind) for c in part for kind in ("recent", "slots", "profile")]
+            removed += int(self.r.delete(*keys))
+        return removed
 
     def clear(self) -> None:
         batch: list = []
