@@ -316,11 +316,15 @@ class LiveState:
         self._duck_lock = threading.Lock()
 
     @classmethod
-    def open(cls, settings: Settings) -> LiveState:
-        """The state of this home: SQLite under the home, or the online store's Redis."""
+    def open(cls, settings: Settings, timeout_seconds: float = 10.0) -> LiveState:
+        """The state of this home: SQLite under the home, or the online store's Redis.
+
+        ``timeout_seconds`` bounds every Redis call, and a timed-out call is not retried: the
+        service passes its request timeout so an unresponsive Redis gives a 503, not a hang.
+        """
         spec = settings.online_store.strip()
         if spec.startswith("redis"):
-            return cls(_RedisBackend.connect(spec), settings)
+            return cls(_RedisBackend.connect(spec, timeout_seconds), settings)
         path = settings.home / "live" / "state.db"
         path.parent.mkdir(parents=True, exist_ok=True)
         return cls(_SqliteBackend(path), settings)
@@ -796,8 +800,10 @@ class _RedisBackend(_Backend):
         self.max = client.register_script(_MAX_LUA)
 
     @classmethod
-    def connect(cls, spec: str) -> _RedisBackend:
+    def connect(cls, spec: str, timeout_seconds: float) -> _RedisBackend:
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
         from data_layer.feast_store import redis_online_store_config
 
@@ -820,7 +826,9 @@ class _RedisBackend(_Backend):
             password=options.get("password"),
             username=options.get("username"),
             ssl=options.get("ssl", "false").lower() == "true",
-            socket_timeout=10,
+            socket_timeout=timeout_seconds,
+            socket_connect_timeout=timeout_seconds,
+            retry=Retry(NoBackoff(), 0),
         )
         return cls(client)
 

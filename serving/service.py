@@ -467,7 +467,7 @@ class OmniScore:
 
         self.clock = parse_clock(self.config.clock)
         live_segment.index_store(self.settings)  # not inside the first POST /events
-        self.live = LiveState.open(self.settings)
+        self.live = LiveState.open(self.settings, timeout_seconds=self.config.timeout)
         self.live_features = (
             LiveFeatures(self.live, self.settings) if self.config.features != "online" else None
         )
