@@ -119,7 +119,10 @@ def ensure_current_event_ids(settings: Settings) -> int:
 
     Cheap when the store is current (one file check), so every writer calls it.
     """
-    if event_ids_current(settings):
+    if _marker_path(settings).exists():
+        return 0
+    if event_ids_current(settings):  # nothing stored yet: whatever is written will be current
+        _mark_current(settings)
         return 0
     return migrate_event_ids(settings)
 

@@ -504,7 +504,9 @@ def _fingerprint(world: GeneratedData) -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    digest.update("\n".join(world.events.column("event_id").to_pylist()).encode())
+    # The first 16 hex digits of a 128-bit id are the 64-bit id the digest was taken with.
+    ids = [event_id[:16] for event_id in world.events.column("event_id").to_pylist()]
+    digest.update("\n".join(ids).encode())
     for column in ("p_purchase", "p_active"):
         digest.update(world.truth_daily[column].to_numpy().tobytes())
     digest.update(world.customers.to_csv(index=False).encode())
