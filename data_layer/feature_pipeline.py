@@ -685,20 +685,24 @@ def read_snapshots(settings: Settings, view: str) -> pd.DataFrame:
 
 
 def default_snapshot_range(
-    settings: Settings, weeks: int = 40
+    settings: Settings, weeks: int | None = None
 ) -> tuple[pd.Timestamp, pd.Timestamp]:
-    """The last ``weeks`` weekly UTC midnights up to the day after the newest event.
+    """Weekly UTC midnights ending the day after the newest event: by default every one after
+    the oldest event (the whole history the store holds), or the last ``weeks`` of them.
 
-    Forty weeks leave churn (a 60-day label window) enough cutoffs for separate training,
-    validation and test periods.
+    Sparse buyers purchase a few times a year, so their models need the history's every
+    season and year as training cutoffs (issue 12); ``weeks`` caps it for a quick build.
     """
     con = duckdb.connect()
-    newest = con.execute(
-        f"SELECT max(event_timestamp) FROM {events_relation_sql(settings)}"
+    oldest, newest = con.execute(
+        f"SELECT min(event_timestamp), max(event_timestamp) FROM {events_relation_sql(settings)}"
     ).fetchone()
     con.close()
-    end = _utc(newest[0]).normalize() + pd.Timedelta(days=1)
-    return end - pd.Timedelta(weeks=weeks - 1), end
+    end = _utc(newest).normalize() + pd.Timedelta(days=1)
+    # The earliest weekly instant still after the oldest event: an earlier one has no rows.
+    whole = max(1, int(np.ceil((end - _utc(oldest)) / pd.Timedelta(weeks=1))))
+    count = whole if weeks is None else weeks
+    return end - pd.Timedelta(weeks=count - 1), end
 
 
 def build_features(

@@ -372,26 +372,43 @@ def _training_bars():
 
 
 def _train_with_progress(settings: Settings, models: list[str], trials: int, seed: int, **kw):
-    from training.datasets import IneligibleError
-    from training.train import train_model
+    """Train ``models`` in turn with a progress bar each. One model: its failure stops the
+    command (exit 2). Several (``train all``): every model that can train does; the ones that
+    cannot are named with the reason after the results, and the command exits 1."""
+    from training.train import train_all
 
-    results = []
     with _training_bars() as bars:
-        for model in models:
-            task = bars.add_task("starting", total=None, model=model)
+        tasks: dict[str, object] = {}
 
-            def progress(stage: str, done: int, total: int, task=task) -> None:
+        def progress_for(model: str):
+            task = tasks[model] = bars.add_task("starting", total=None, model=model)
+
+            def progress(stage: str, done: int, total: int) -> None:
                 bars.update(task, description=stage, completed=done, total=total or None)
 
-            try:
-                results.append(
-                    train_model(settings, model, trials=trials, seed=seed, progress=progress, **kw)
-                )
-            except IneligibleError as error:
-                bars.stop()
-                _fail(f"{model}: {error}")
-            bars.update(task, description="done")
-    return results
+            return progress
+
+        report = train_all(settings, trials, seed, models=models, progress_for=progress_for, **kw)
+        for model, task in tasks.items():
+            failed = any(f.model == model for f in report.failures)
+            bars.update(task, description="not trained" if failed else "done")
+    if len(models) == 1 and report.failures:
+        _fail(f"{models[0]}: {report.failures[0].reason}")
+    if report.results:
+        _print_results(report.results)
+    for failure in report.failures:
+        console.print(
+            f"[bold red]not trained:[/] {failure.model}: {failure.reason}", soft_wrap=True
+        )
+    if report.failures:
+        trained = ", ".join(r.model for r in report.results) or "none"
+        console.print(
+            f"[bold red]error:[/] {len(report.failures)} of {len(models)} models could not be "
+            f"trained ({', '.join(f.model for f in report.failures)}); trained: {trained}",
+            soft_wrap=True,
+        )
+        raise typer.Exit(code=1)
+    return report.results
 
 
 def _print_results(results) -> None:
@@ -404,6 +421,23 @@ def _print_results(results) -> None:
     for measure in measures:
         table.add_row(measure, *(str(s.get(measure, "")) for s in summaries.values()))
     console.print(table)
+    from training.baselines import single_channel_note
+
+    for result in results:
+        m = result.metrics
+        if "rfm_test_roc_auc" in m:
+            bgnbd = m.get("bgnbd_test_roc_auc")
+            verdict = "beats" if m.get("beats_baselines") else "does NOT beat"
+            console.print(
+                f"{result.model}: test AUC {m['test_roc_auc']:.4f} {verdict} the classical "
+                f"baselines on the same cutoff: RFM-logistic {m['rfm_test_roc_auc']:.4f}, "
+                + (f"BG/NBD {bgnbd:.4f}" if bgnbd is not None else "BG/NBD not fitted")
+                + f" (margin {m['gain_over_best_baseline']:+.4f})",
+                soft_wrap=True,
+            )
+        note = single_channel_note(m)
+        if note:
+            console.print(f"{result.model}: {note}.", soft_wrap=True)
 
 
 ChurnLookbackOption = Annotated[
@@ -419,7 +453,8 @@ CutoffsOption = Annotated[
     typer.Option(
         min=3,
         help="Snapshot cutoffs in the time split: validation, test and up to N-2 training "
-        "ones (default 6). Give workers the same value as train.",
+        "ones (default: chosen from the history and the horizon, spread over the whole "
+        "history). Give workers the same value as train.",
     ),
 ]
 
@@ -477,9 +512,9 @@ def train(
             train_with_workers(settings, m, trials=trials, workers=workers, seed=seed, **kw)
             for m in _models(model)
         ]
+        _print_results(results)
     else:
-        results = _train_with_progress(settings, _models(model), trials, seed, **kw)
-    _print_results(results)
+        _train_with_progress(settings, _models(model), trials, seed, **kw)
 
 
 @app.command(

@@ -28,7 +28,7 @@ import numpy as np
 from data_layer.event_store import event_data_hash
 from data_layer.settings import Settings
 from training import evaluate as ev
-from training.baselines import baseline_metrics
+from training.baselines import baseline_metrics, bgnbd_scores, single_channel_note
 from training.contract import contract
 from training.datasets import TrainingSet, build_training_set
 from training.labels import LabelSpec, oracle_for_rows
@@ -250,6 +250,8 @@ def train_classifier(
             )
             metrics.update(compared)
             metrics["gain_over_rfm"] = metrics["test_roc_auc"] - metrics["rfm_test_roc_auc"]
+            metrics.update(_bgnbd_metrics(settings, ts, spec, y["test"], metrics))
+            p_bgnbd = metrics.pop("_p_bgnbd", None)
             oracle = oracle_for_rows(settings, spec, ts.plan.test, test_rows["customer_id"])
             if oracle is not None:
                 metrics["oracle_auc"] = ev.auc(y["test"], oracle)
@@ -268,7 +270,8 @@ def train_classifier(
             ev.classifier_report(
                 y["test"], p_test, contrib, names,
                 final.feature_importance(importance_type="gain"), charts,
-                baselines={"RFM logistic": p_rfm},
+                baselines={"RFM logistic": p_rfm,
+                           **({"BG/NBD": p_bgnbd} if p_bgnbd is not None else {})},
             )  # fmt: skip
             baselines.to_csv(charts / "single_channel_baselines.csv", index=False)
             per_channel = ev.shap_by_channel(ev.mean_abs_shap(contrib, names))
@@ -313,12 +316,42 @@ def train_classifier(
     )
 
 
+def _bgnbd_metrics(settings: Settings, ts: TrainingSet, spec: LabelSpec, y_test, metrics):
+    """BG/NBD on the test cutoff (fitted on the purchases before it) and the comparison with
+    every classical baseline: ``bgnbd_test_roc_auc``, ``gain_over_bgnbd``,
+    ``best_baseline_test_roc_auc``, ``gain_over_best_baseline`` and ``beats_baselines`` (1 when
+    the model's test AUC is above both RFM-logistic and BG/NBD). ``_p_bgnbd`` carries the
+    scores for the charts (popped by the caller)."""
+    out: dict = {}
+    p = bgnbd_scores(
+        settings, ts.plan.test, ts.part("test")["customer_id"], spec.horizon_days, spec.outcome
+    )
+    baselines = [metrics["rfm_test_roc_auc"]]
+    if p is not None:
+        out["_p_bgnbd"] = p
+        out["bgnbd_test_roc_auc"] = ev.auc(y_test, p)
+        out["gain_over_bgnbd"] = metrics["test_roc_auc"] - out["bgnbd_test_roc_auc"]
+        baselines.append(out["bgnbd_test_roc_auc"])
+    best = float(np.nanmax(baselines))
+    out["best_baseline_test_roc_auc"] = best
+    out["gain_over_best_baseline"] = metrics["test_roc_auc"] - best
+    out["beats_baselines"] = float(out["gain_over_best_baseline"] > 0)
+    return out
+
+
 def _description(model, ts: TrainingSet, spec: LabelSpec, data_hash: str, metrics) -> str:
     fit = ts.part("fit")
+    bgnbd = metrics.get("bgnbd_test_roc_auc")
+    against = f"RFM-logistic {metrics['rfm_test_roc_auc']:.3f}" + (
+        f", BG/NBD {bgnbd:.3f}" if bgnbd is not None else ", BG/NBD not fitted (no purchases)"
+    )
+    note = single_channel_note(metrics)
     return (
         f"OmniScore {model}: LightGBM on Feast service {ts.feature_service} "
         f"({len(ts.feature_names)} features), trained on {len(fit)} rows "
         f"({fit['customer_id'].nunique()} customers) at cutoffs {ts.plan.describe()}; "
         f"label: {spec.definition()}; events {data_hash}. "
-        f"Test AUC {metrics['test_roc_auc']:.3f}, ECE {metrics['test_ece']:.3f}."
+        f"Test AUC {metrics['test_roc_auc']:.3f} against {against} on the same cutoff "
+        f"({'beats' if metrics['beats_baselines'] else 'does not beat'} both), "
+        f"ECE {metrics['test_ece']:.3f}." + (f" Note: {note}." if note else "")
     )

@@ -27,9 +27,15 @@ from feature_repo.catalog import CATEGORICAL_FEATURES, FEATURES_BY_NAME, service
 from training.contract import ACTIVE, CLUSTERING, CLUSTERINGS, contract
 from training.labels import LabelSpec, label_frame, observed_range, population_frame
 
-DEFAULT_CUTOFFS = 6
+DEFAULT_CUTOFFS: int | None = None
+"""``None``: the number of cutoffs is chosen from the history and the horizon
+(:func:`auto_train_cutoffs`); an integer N asks for validation, test and up to N - 2 training
+cutoffs, the latest ones."""
 DEFAULT_MIN_CLASS = 100
 DEFAULT_TRAIN_STEP_DAYS = 7
+MAX_AUTO_TRAIN_CUTOFFS = 30
+"""Training cutoffs an automatic plan takes at most: spread over the whole history, so every
+season is seen, while the rows stay a few hundred thousand at tens of thousands of customers."""
 SNAPSHOT_VIEW = "transactions"
 """Feature view whose snapshot times define the available cutoffs."""
 
@@ -99,15 +105,17 @@ def plan_cutoffs(
     observed_end: pd.Timestamp,
     horizon_days: int,
     lookback_days: int,
-    n_cutoffs: int = DEFAULT_CUTOFFS,
+    n_cutoffs: int | None = DEFAULT_CUTOFFS,
     train_step_days: int = DEFAULT_TRAIN_STEP_DAYS,
 ) -> CutoffPlan:
     """Choose time-split cutoffs among the available snapshot times (pure).
 
     Test: the latest snapshot T with ``T + horizon <= observed_end``. Validation: the latest
-    with ``T + horizon <= test``. Training: up to ``n_cutoffs - 2`` snapshots spaced at least
-    ``train_step_days`` apart, ending at the latest with ``T + horizon <= valid``, each with a
-    full lookback of history before it. Raises :class:`IneligibleError` when no plan fits.
+    with ``T + horizon <= test``. Training: snapshots ending at the latest with
+    ``T + horizon <= valid``, each with a full lookback of history before it: up to
+    ``n_cutoffs - 2`` of them spaced at least ``train_step_days`` apart, or, with
+    ``n_cutoffs=None``, cutoffs spread over the whole usable history
+    (:func:`auto_train_cutoffs`). Raises :class:`IneligibleError` when no plan fits.
     """
     check_history(observed_start, observed_end, lookback_days, horizon_days)
     h = pd.Timedelta(days=horizon_days)
@@ -124,6 +132,10 @@ def plan_cutoffs(
             f"before {observed_end.date()} (events end); snapshots available: {found}. "
             "Build features over a longer range or use a shorter horizon."
         )
+    if n_cutoffs is None:
+        return CutoffPlan(
+            auto_train_cutoffs(train_pool, horizon_days, train_step_days), valid[-1], test[-1]
+        )
     picked: list[pd.Timestamp] = []
     for t in reversed(train_pool):
         if len(picked) >= max(1, n_cutoffs - 2):
@@ -131,6 +143,32 @@ def plan_cutoffs(
         if not picked or picked[-1] - t >= pd.Timedelta(days=train_step_days):
             picked.append(t)
     return CutoffPlan(tuple(sorted(picked)), valid[-1], test[-1])
+
+
+def auto_train_cutoffs(
+    pool: Sequence[pd.Timestamp],
+    horizon_days: int,
+    train_step_days: int = DEFAULT_TRAIN_STEP_DAYS,
+    max_cutoffs: int = MAX_AUTO_TRAIN_CUTOFFS,
+) -> tuple[pd.Timestamp, ...]:
+    """Training cutoffs chosen from the history and the horizon (pure; ``pool`` sorted).
+
+    From the latest candidate backwards, cutoffs at least ``max(train_step_days, horizon / 2)``
+    apart (consecutive label windows overlap by half at most, so each adds new outcomes), and
+    further apart when more than ``max_cutoffs`` would fit, so that they still span the whole
+    pool (every season of a multi-year history) rather than its latest stretch.
+    """
+    if not pool:
+        return ()
+    span_days = (pool[-1] - pool[0]) / pd.Timedelta(days=1)
+    step = max(float(train_step_days), horizon_days / 2, span_days / max(max_cutoffs - 1, 1))
+    picked: list[pd.Timestamp] = []
+    for t in reversed(pool):
+        if len(picked) >= max_cutoffs:
+            break
+        if not picked or (picked[-1] - t) / pd.Timedelta(days=1) >= step - 1e-9:
+            picked.append(t)
+    return tuple(sorted(picked))
 
 
 def check_eligibility(
@@ -226,7 +264,7 @@ def build_training_set(
     model: str,
     spec: LabelSpec | None = None,
     feature_service: str | None = None,
-    n_cutoffs: int = DEFAULT_CUTOFFS,
+    n_cutoffs: int | None = DEFAULT_CUTOFFS,
     min_class: int = DEFAULT_MIN_CLASS,
     train_step_days: int = DEFAULT_TRAIN_STEP_DAYS,
 ) -> TrainingSet:

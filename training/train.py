@@ -16,10 +16,14 @@ with alias ``challenger``, the run marked ``FAILED`` if anything raises.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
 from data_layer.settings import Settings
 from training import classifier_job, segments_job
 from training.contract import CLUSTERING, MODEL_NAMES, contract
-from training.datasets import DEFAULT_CUTOFFS, DEFAULT_MIN_CLASS
+from training.datasets import DEFAULT_CUTOFFS, DEFAULT_MIN_CLASS, IneligibleError
 from training.labels import label_spec
 from training.runs import EXPERIMENT, JobOptions, ProgressFn, TrainResult
 from training.tune import create_study, optimize, trial_heartbeat
@@ -29,6 +33,28 @@ MEMORY_STORAGE = "memory"
 DATA_OPTIONS: tuple[str, ...] = ("horizon_days", "churn_lookback_days", "n_cutoffs", "min_class")
 """Options of :func:`train_model` that change the training data, hence the study name; every
 process tuning one study (:func:`run_tuning_worker`) must be given the same values."""
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainFailure:
+    """A model :func:`train_all` could not train, and why (one line for a person)."""
+
+    model: str
+    reason: str
+
+
+@dataclass
+class TrainAllReport:
+    """What ``train all`` did: the models trained and the ones it could not train."""
+
+    results: list[TrainResult] = field(default_factory=list)
+    failures: list[TrainFailure] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Whether every model trained."""
+        return not self.failures
 
 
 def train_model(
@@ -39,7 +65,7 @@ def train_model(
     *,
     horizon_days: int | None = None,
     churn_lookback_days: int | None = None,
-    n_cutoffs: int = DEFAULT_CUTOFFS,
+    n_cutoffs: int | None = DEFAULT_CUTOFFS,
     min_class: int = DEFAULT_MIN_CLASS,
     experiment: str = EXPERIMENT,
     register: bool = True,
@@ -49,8 +75,10 @@ def train_model(
     """Train one model end to end (``omniscore train MODEL --trials N --seed S``).
 
     ``horizon_days`` overrides the label horizon (propensity 14, churn 60);
-    ``churn_lookback_days`` the activity window of an ``active`` population (churn, 90).
-    Clusterings take neither. ``storage_url`` overrides the Optuna storage (default
+    ``churn_lookback_days`` the activity window of an ``active`` population (churn, 90);
+    ``n_cutoffs`` the number of cutoffs (default ``None``: chosen from the history and the
+    horizon, see :func:`~training.datasets.plan_cutoffs`). Clusterings take none of them.
+    ``storage_url`` overrides the Optuna storage (default
     ``settings.optuna_storage_url``; ``"memory"`` keeps the study in memory, so nothing is
     resumed). Raises ``ValueError`` for an unknown model and
     :class:`~training.datasets.IneligibleError` with a clear message when the data cannot
@@ -67,9 +95,35 @@ def train_model(
     )  # fmt: skip
 
 
-def train_all(settings: Settings, trials: int = 20, seed: int = 42, **kwargs) -> list[TrainResult]:
-    """Train every model of the contract in turn (``omniscore train all``)."""
-    return [train_model(settings, m, trials, seed, **kwargs) for m in MODEL_NAMES]
+def train_all(
+    settings: Settings,
+    trials: int = 20,
+    seed: int = 42,
+    *,
+    models: Sequence[str] = MODEL_NAMES,
+    progress_for: Callable[[str], ProgressFn | None] | None = None,
+    **kwargs,
+) -> TrainAllReport:
+    """Train every model of the contract in turn (``omniscore train all``).
+
+    A model that cannot be trained does not stop the others: it is reported with the reason
+    (the :class:`~training.datasets.IneligibleError` message, such as too little history for
+    churn's label window, or the error's type and message, with the traceback in the log).
+    The caller exits non-zero when :attr:`TrainAllReport.ok` is false. ``progress_for(model)``
+    gives each model's progress callback (the CLI's bars).
+    """
+    report = TrainAllReport()
+    for model in models:
+        progress = progress_for(model) if progress_for else kwargs.get("progress")
+        options = {**kwargs, "progress": progress}
+        try:
+            report.results.append(train_model(settings, model, trials, seed, **options))
+        except IneligibleError as error:
+            report.failures.append(TrainFailure(model, str(error)))
+        except Exception as error:  # noqa: BLE001 - reported, logged, and the run fails
+            log.exception("training %s failed", model)
+            report.failures.append(TrainFailure(model, f"{type(error).__name__}: {error}"))
+    return report
 
 
 def run_tuning_worker(
@@ -81,7 +135,7 @@ def run_tuning_worker(
     *,
     horizon_days: int | None = None,
     churn_lookback_days: int | None = None,
-    n_cutoffs: int = DEFAULT_CUTOFFS,
+    n_cutoffs: int | None = DEFAULT_CUTOFFS,
     min_class: int = DEFAULT_MIN_CLASS,
 ) -> int:
     """Join a shared study as an extra worker: run trials only, log and register nothing.
