@@ -70,6 +70,8 @@ class BuildReport:
     customers: int
     seconds: float
     files: list[str]
+    partitions: int = 1
+    """Customer buckets built one after another (1: the one-pass build)."""
 
 
 def snapshot_times(
@@ -717,7 +719,14 @@ def build_features(
     Snapshots are taken at the instants ``at`` plus the range ``start``..``end`` every
     ``every``; with ``at`` and neither ``start`` nor ``end``, only at ``at``; with nothing, at
     the default weekly range (:func:`default_snapshot_range`).
+
+    When the store is too big for the memory budget (``OMNISCORE_BUILD_MEMORY_MB``), the
+    customers are built in hash partitions (:mod:`data_layer.partitioned_build`), writing the
+    same rows.
     """
+    # The partitioned build composes this module's functions, so it is imported here.
+    from data_layer.partitioned_build import build_partitioned, partition_count
+
     began = time.perf_counter()
     times = snapshot_instants(at)
     if start is not None or end is not None or not times:
@@ -726,6 +735,18 @@ def build_features(
             start = start or default_start
             end = end or default_end
         times = sorted(set(times) | set(snapshot_times(start, end, every)))
+    partitions = partition_count(settings, len(times))
+    if partitions > 1:
+        # Past the memory budget: customers in hash buckets, one at a time (same rows).
+        built = build_partitioned(settings, times, partitions)
+        return BuildReport(
+            snapshots=times,
+            rows=built.rows,
+            customers=built.customers,
+            seconds=time.perf_counter() - began,
+            files=built.files,
+            partitions=partitions,
+        )
     snapshots = compute_snapshots(events_relation_sql(settings), read_customers(settings), times)
     files = write_snapshots(settings, snapshots, datetime.now(UTC))
     return BuildReport(

@@ -42,6 +42,8 @@ ENV_VARS: dict[str, str] = {
     "future_tolerance_seconds": "OMNISCORE_FUTURE_TOLERANCE_SECONDS",
     "stream_name": "OMNISCORE_STREAM",
     "stream_redis": "OMNISCORE_STREAM_REDIS",
+    "build_memory_mb": "OMNISCORE_BUILD_MEMORY_MB",
+    "spark_master": "OMNISCORE_SPARK_MASTER",
 }
 """Environment variable of each backend setting; a set variable wins over the profile."""
 OPTUNA_HEARTBEAT_SECONDS = 30
@@ -52,9 +54,19 @@ cores)."""
 FUTURE_TOLERANCE_SECONDS = 300
 STREAM_NAME = "omniscore:events"
 _INT_SETTINGS = frozenset(
-    {"optuna_heartbeat_seconds", "optuna_grace_seconds", "future_tolerance_seconds", "lgbm_threads"}
+    {
+        "optuna_heartbeat_seconds",
+        "optuna_grace_seconds",
+        "future_tolerance_seconds",
+        "lgbm_threads",
+        "build_memory_mb",
+    }
 )
 """Settings that are whole numbers; the profile may write them as TOML integers."""
+BUILD_MEMORY_MB = 3072
+"""Default memory budget of a feature build (MB): under the 4 GB the issue allows at 100k."""
+SPARK_MASTER = "local[2]"
+"""Default Spark master: local mode on this machine's two cores."""
 _DEFAULTS = {"online_store": "sqlite", "offline_store": "duckdb", "feast_project": "omniscore"}
 OFFLINE_STORES = ("duckdb", "file")
 """Feast offline stores over the Parquet snapshots: ``duckdb`` (Feast's DuckDB store, SQL
@@ -171,6 +183,13 @@ class Settings:
     Unset: :data:`DEFAULT_LGBM_THREADS`, and ``train --workers N`` splits the cores between
     its processes. On cores busy with other work one thread is often faster, as OpenMP
     threads wait on each other."""
+    build_memory_mb: int = BUILD_MEMORY_MB
+    """Memory budget of one feature build process (``OMNISCORE_BUILD_MEMORY_MB``): the build
+    splits customers into as many hash partitions as keep one partition's working set under
+    it (:mod:`data_layer.partitioned_build`)."""
+    spark_master: str = SPARK_MASTER
+    """Spark master URL of ``--engine spark`` (``OMNISCORE_SPARK_MASTER``; local mode by
+    default, ``spark://host:7077`` or ``yarn`` on a cluster)."""
     profile: Path | None = None
     """The profile file these settings were read from, if any."""
 
@@ -196,6 +215,11 @@ class Settings:
                 f"optuna_grace_seconds ({ENV_VARS['optuna_grace_seconds']}) = {grace} must be "
                 f"greater than optuna_heartbeat_seconds = {beat}: a live worker's trial would "
                 "be failed between two of its heartbeats"
+            )
+        if self.build_memory_mb < 1:
+            raise ValueError(
+                f"build_memory_mb ({ENV_VARS['build_memory_mb']}) must be at least 1, "
+                f"got {self.build_memory_mb}"
             )
         if self.lgbm_threads is not None and self.lgbm_threads < 1:
             raise ValueError(
