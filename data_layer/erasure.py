@@ -193,17 +193,29 @@ def scrub_quarantine(settings: Settings, frame: pd.DataFrame) -> pd.DataFrame:
         return frame
     key = erasure_key(settings)
     out = frame.copy()
-    for name in out.columns:
-        column = out[name]
-        if column.dtype.kind not in "OSU" and str(column.dtype) != "string":
-            continue
-        values = column.dropna().astype(str).unique().tolist()
-        replace = {}
+    text_columns = [
+        name for name in out.columns
+        if out[name].dtype.kind in "OSU" or str(out[name].dtype) == "string"
+    ]  # fmt: skip
+    found: dict[str, str] = {}
+    for name in text_columns:
+        values = out[name].dropna().astype(str).unique().tolist()
         for value, digest in zip(values, subject_hashes(key, values), strict=True):
             if digest in hashes:
-                replace[value] = HASH_PREFIX + digest
-        if replace:
-            out[name] = column.map(lambda v, r=replace: r.get(str(v), v) if pd.notna(v) else v)
+                found[value] = HASH_PREFIX + digest
+    if not found:
+        return out
+    # The ids found as whole cells are also replaced inside other cells (a session id or a
+    # raw line that embeds the customer id).
+    pattern = re.compile("|".join(re.escape(i) for i in sorted(found, key=len, reverse=True)))
+
+    def scrub(value):
+        if isinstance(value, str):
+            return pattern.sub(lambda m: found[m.group(0)], value)
+        return value
+
+    for name in text_columns:
+        out[name] = out[name].map(scrub)
     return out
 
 
@@ -572,7 +584,7 @@ def _forget_quarantine(settings: Settings, erased: set[str]) -> int:
     if not folder.exists():
         return 0
     _clean_leftovers(folder)
-    value_set = pa.array(sorted(erased), pa.string())
+    pattern = "|".join(re.escape(i) for i in sorted(erased, key=len, reverse=True))
     removed = 0
     for path in sorted(folder.glob("*.parquet")):
         table = pq.read_table(path)
@@ -581,7 +593,10 @@ def _forget_quarantine(settings: Settings, erased: set[str]) -> int:
             if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
                     or pa.types.is_dictionary(column.type)):  # fmt: skip
                 continue
-            hit = _id_mask(column, value_set)
+            if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+                column = column.cast(pa.string())
+            # Substrings too: a rejected raw line or session id may embed the id.
+            hit = pc.fill_null(pc.match_substring_regex(column, pattern), False)
             mask = hit if mask is None else pc.or_(mask, hit)
         if mask is None or not pc.any(mask).as_py():
             continue
@@ -711,16 +726,19 @@ def _mentions(fields: dict, exact: set[bytes], needles: list[bytes]) -> bool:
 
 
 def _forget_logs(settings: Settings, ids: list[str]) -> int:
-    """Lines of the home's text logs that mention an erased id (whole-token match)."""
+    """Lines of the home's text logs (``logs/`` and any ``*.log``, such as the service's
+    ``serving.log``) that mention an erased id as a whole token."""
     folder = settings.home / "logs"
-    if not folder.exists() or not ids:
+    files = set(folder.rglob("*")) if folder.exists() else set()
+    files |= set(settings.home.rglob("*.log"))
+    if not ids:
         return 0
     pattern = re.compile(
         "(?<![A-Za-z0-9_])(?:" + "|".join(re.escape(i) for i in sorted(ids, key=len, reverse=True))
         + ")(?![A-Za-z0-9_])"
     )  # fmt: skip
     removed = 0
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in sorted(p for p in files if p.is_file()):
         if path.name.endswith(_TMP_SUFFIX):
             path.unlink(missing_ok=True)
             continue

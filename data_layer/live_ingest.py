@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from data_layer import live_segment
+from data_layer import erasure, live_segment
 from data_layer.event_store import ensure_current_event_ids
 from data_layer.ingest import (
     _INTEGRAL_FLOAT,
@@ -388,6 +388,29 @@ def _quarantine(records: Sequence[Any], reasons: list[str | None], source: str) 
     return quarantine_rows(raw, pd.Series([reasons[i] for i in bad], index=index), source)
 
 
+def withhold_erased(
+    settings: Settings, records: Sequence[Any], batch: ValidatedBatch, source: str
+) -> ValidatedBatch:
+    """``batch`` with the valid events of customers on the suppression list
+    (``omniscore forget``) rejected as ``erased customer``; the quarantine keeps the keyed
+    hash in place of their id (:func:`data_layer.erasure.scrub_quarantine`)."""
+    if not erasure.suppressed_hashes(settings):
+        return batch
+    hit = erasure.is_suppressed(settings, batch.events.column("customer_id").to_pylist())
+    if hit.any():
+        reasons = list(batch.reasons)
+        for position in batch.positions[hit].tolist():
+            reasons[position] = erasure.ERASED_REASON
+        batch = ValidatedBatch(
+            events=batch.events.filter(pa.array(~hit)),
+            positions=batch.positions[~hit],
+            reasons=reasons,
+            quarantine=_quarantine(records, reasons, source),
+        )
+    batch.quarantine = erasure.scrub_quarantine(settings, batch.quarantine)
+    return batch
+
+
 def _columns(rows: list[dict]) -> list[str]:
     names: dict[str, None] = {}
     for row in rows:
@@ -486,6 +509,7 @@ def accept_events(
         else pd.Timestamp(now, tz="UTC")
     )
     batch = validate_records(records, now, settings.future_tolerance_seconds, source=source)
+    batch = withhold_erased(settings, records, batch, source)
     timings["validate"] = time.perf_counter() - mark
     quarantine_path = None
     if len(batch.quarantine):

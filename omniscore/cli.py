@@ -750,6 +750,64 @@ def score_batch(
 
 
 @app.command()
+def forget(
+    customer_ids: Annotated[
+        list[str] | None, typer.Argument(help="Customer ids to erase.", show_default=False)
+    ] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", help="File of customer ids, one per line.")
+    ] = None,
+    unsuppress: Annotated[
+        list[str] | None,
+        typer.Option("--unsuppress", help="Lift the suppression of this id (signed up again)."),
+    ] = None,
+    report: Annotated[
+        bool, typer.Option("--report", help="List champions trained on erased customers' data.")
+    ] = False,
+    home: HomeOption = None,
+) -> None:
+    """Erase customers from every store of the home, suppress them and write a receipt."""
+    from data_layer.erasure import forget as run_forget
+    from data_layer.erasure import format_receipt, read_ids_file
+    from data_layer.erasure import unsuppress as lift
+    from training.erasure_lineage import open_obligations, versions_trained_on
+
+    settings = _settings(home)
+    if report:
+        obligations = open_obligations(settings)
+        if not obligations:
+            console.print("no open obligations: no champion was trained on erased customers")
+        for o in obligations:
+            console.print(
+                f"{o['name']} v{o['version']} (champion) was trained on data of up to "
+                f"{o['erased_customers_at_most']:,} erased customer(s); registered "
+                f"{o['registered_at'][:10]}, {o['age_days']:g} days old: retrain and promote"
+            )
+        return
+    if unsuppress:
+        try:
+            lifted = lift(settings, unsuppress)
+        except ValueError as error:
+            _fail(str(error))
+        console.print(f"suppression lifted for {lifted} of {len(unsuppress)} customer(s)")
+        return
+    ids = list(customer_ids or [])
+    if file is not None:
+        try:
+            ids += read_ids_file(file)
+        except OSError as error:
+            _fail(f"cannot read {file}: {error.strerror or error}")
+    if not ids:
+        _fail("name customer ids, or --file ids.txt, --unsuppress ID or --report")
+    try:
+        receipt = run_forget(settings, ids, models=versions_trained_on)
+    except ValueError as error:
+        _fail(str(error))
+    _library_output_to_log(settings)  # the log file was rewritten without their lines
+    console.print(format_receipt(receipt), soft_wrap=True)
+
+
+@app.command()
 def doctor(home: HomeOption = None) -> None:
     """Show each component's backend and whether it answers (credentials redacted)."""
     from omniscore.doctor import doctor as run_checks

@@ -16,6 +16,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 3000
 ENV = {
     "api_key": "OMNISCORE_API_KEY",
+    "admin_key": "OMNISCORE_ADMIN_KEY",
     "max_ids": "OMNISCORE_MAX_IDS",
     "max_body_bytes": "OMNISCORE_MAX_BODY_BYTES",
     "timeout": "OMNISCORE_REQUEST_TIMEOUT",
@@ -46,6 +47,8 @@ class ServeConfig:
 
     - ``api_key``: when set, every endpoint but ``/healthz``, ``/livez`` and ``/readyz``
       requires ``Authorization: Bearer <key>``;
+    - ``admin_key``: the separate key ``POST /admin/forget`` requires (``Authorization:
+      Bearer <admin key>``); unset, the endpoint is refused with 403;
     - ``max_ids``: customer ids per ``/score`` request;
     - ``max_body_bytes``: request bodies above this are refused with 413 before parsing;
     - ``timeout``: seconds a request may take (online read and scoring) before a 503;
@@ -66,6 +69,7 @@ class ServeConfig:
     """
 
     api_key: str | None = None
+    admin_key: str | None = None
     max_ids: int = 1000
     max_body_bytes: int = 1 << 20
     timeout: float = 10.0
@@ -100,6 +104,7 @@ class ServeConfig:
             pinned = str(PINNED_MODELS_FILE)
         config = cls(
             api_key=get("api_key", str),
+            admin_key=get("admin_key", str),
             max_ids=get("max_ids", int),
             max_body_bytes=get("max_body_bytes", int),
             timeout=get("timeout", float),
@@ -133,6 +138,16 @@ class ServeConfig:
                 self.api_key is not None and len(self.api_key) < 16,
                 "api_key",
                 "must be at least 16 characters",
+            ),
+            (
+                self.admin_key is not None and len(self.admin_key) < 16,
+                "admin_key",
+                "must be at least 16 characters",
+            ),
+            (
+                self.admin_key is not None and self.admin_key == self.api_key,
+                "admin_key",
+                "must differ from OMNISCORE_API_KEY (a scoring client must not erase)",
             ),
         )
         for wrong, field, rule in problems:

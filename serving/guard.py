@@ -11,6 +11,8 @@ BentoML lets a service add ASGI middleware (``Service.add_asgi_middleware``); th
   JSON);
 - when an API key is configured, requires ``Authorization: Bearer <key>`` on every other
   path, compared in constant time (:func:`hmac.compare_digest`), else 401;
+- requires the separate admin key on :data:`ADMIN_PATHS` (``POST /admin/forget``) instead:
+  401 with another key (the scoring key included), 403 when no admin key is configured;
 - refuses a body over the cap with 413 (from ``Content-Length`` before reading, or while
   streaming a chunked body) and a non-JSON ``POST`` with 415;
 - answers 429 at once over ``max_concurrency`` requests in flight, and 504 to a request not
@@ -40,6 +42,8 @@ JSON_TYPES = ("application/json",)
 SERVER_FAILED = "the server failed to handle the request; see its log"
 GUARD_PATHS = {"/docs": frozenset({"GET", "HEAD"}), "/docs.json": frozenset({"GET", "HEAD"})}
 """Paths this middleware answers itself that the OpenAPI document does not list."""
+ADMIN_PATHS = frozenset({"/admin/forget"})
+"""Paths that need the admin key (``OMNISCORE_ADMIN_KEY``), never the scoring key."""
 _ERROR_CODE = re.compile(r"^[a-z][a-z0-9_]*$")
 _SERVER_PATH = re.compile(
     r"""(?:file:|[A-Za-z]:\\|~/)[^\s'"]*"""  # file: URIs, Windows and home-relative paths
@@ -109,9 +113,11 @@ class Guard:
         openapi: Callable[[], dict] | None = None,
         max_concurrency: int | None = None,
         deadline: float | None = None,
+        admin_key: str | None = None,
     ) -> None:
         self.app = app
         self.key = api_key.encode("utf-8") if api_key else None
+        self.admin_key = admin_key.encode("utf-8") if admin_key else None
         self.max_body = int(max_body_bytes)
         self.readiness = readiness
         self.openapi = openapi
@@ -162,7 +168,21 @@ class Guard:
         if path == "/readyz" and self.readiness is not None:
             await self._readyz(send)
             return
-        if (
+        if path in ADMIN_PATHS:
+            if self.admin_key is None:
+                message = "admin endpoints are off: set OMNISCORE_ADMIN_KEY to enable them"
+                await _send_json(send, 403, json_body("forbidden", message))
+                return
+            if not authorized(headers.get(b"authorization"), self.admin_key):
+                message = "missing or wrong admin key: send 'Authorization: Bearer <admin key>'"
+                await _send_json(
+                    send,
+                    401,
+                    json_body("unauthorized", message),
+                    extra_headers=[(b"www-authenticate", b"Bearer")],
+                )
+                return
+        elif (
             self.key is not None
             and path not in OPEN_PATHS
             and not authorized(headers.get(b"authorization"), self.key)

@@ -216,6 +216,44 @@ class ReloadResponse(BaseModel):
     )
 
 
+class ForgetRequest(BaseModel):
+    """Customers to erase from every store of the service's home."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"example": {"customer_ids": ["C000042"]}}
+    )
+
+    customer_ids: list[CustomerId] = Field(
+        min_length=1,
+        max_length=CONFIG.max_ids,
+        description=f"Customer ids to forget, 1 to {CONFIG.max_ids} per request.",
+    )
+
+
+class ForgottenModel(BaseModel):
+    """A registered version trained on data that included some of the customers."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(description="Registered model name.")
+    version: str = Field(description="Registered version.")
+
+
+class ForgetResponse(BaseModel):
+    """The erasure receipt (as the audit log keeps it: keyed hashes, never the ids)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(description="Receipt id in the audit log.")
+    requested_at: str = Field(description="When the request was made (UTC, ISO 8601).")
+    completed_at: str = Field(description="When every store had been erased.")
+    subjects: list[str] = Field(description="Keyed hashes (HMAC-SHA256) of the customers.")
+    stores: dict[str, int] = Field(description="Rows (or keys) removed per store.")
+    model_versions: list[ForgottenModel] = Field(
+        description="Registered versions trained on data that included the customers."
+    )
+
+
 # --- live events and the customer view -----------------------------------------------------
 EVENT_EXAMPLE = {
     "event_id": "pos-20260603-000917",
@@ -398,6 +436,10 @@ def _published_document() -> dict:
 
 
 EXTRA_RESPONSES = {
+    ("/admin/forget", "post"): {
+        403: "No admin key (OMNISCORE_ADMIN_KEY) is configured, so erasure is refused.",
+        503: "The erasure failed part-way; the request can be sent again and completes.",
+    },
     ("/admin/reload", "post"): {
         403: "No API key is configured, so the reload is refused.",
         503: "The reload failed; the models served before stay in service.",
@@ -746,6 +788,36 @@ class OmniScore:
         results = await anyio.to_thread.run_sync(self.accept, events, limiter=self._limiter)
         return EventsResponse.model_validate({"results": results})
 
+    def forget(self, customer_ids: list[str]) -> dict:
+        """``POST /admin/forget``: erase the customers everywhere, then drop them from the
+        feature cache, so ``/score`` treats them as unknown from the answer on."""
+        from data_layer.erasure import forget
+        from training.erasure_lineage import versions_trained_on
+
+        with self._accept_lock:  # no fold of their events can run in between
+            receipt = forget(
+                self.settings, customer_ids, models=versions_trained_on, live_state=self.live
+            )
+            if self.live_features is not None:
+                self.live_features.invalidate(customer_ids)
+        return receipt.as_dict()
+
+    @bentoml.api(route="/admin/forget", input_spec=ForgetRequest, output_spec=ForgetResponse)
+    async def admin_forget(self, customer_ids: list[str]) -> ForgetResponse:
+        """Erase customers (right to erasure): the event store, quarantine, profile table,
+        feature snapshots, Feast online store, live state, streams and logs, with their
+        events suppressed from then on and a receipt in the audit log. Requires the admin
+        key (``OMNISCORE_ADMIN_KEY``), not the scoring key."""
+        import anyio.to_thread
+
+        try:
+            receipt = await anyio.to_thread.run_sync(self.forget, customer_ids)
+        except Exception as exc:
+            logger.exception("the requested erasure failed part-way; it can be sent again")
+            return _error(503, "forget_failed", f"erasure failed: {_failure(exc)}")
+        receipt.pop("kind", None)
+        return ForgetResponse.model_validate(receipt)
+
     @bentoml.api(route="/admin/reload", input_spec=ReloadRequest, output_spec=ReloadResponse)
     async def admin_reload(self, force: bool = False) -> ReloadResponse:
         """Check the registry now and swap in the ``champion`` versions if they moved.
@@ -813,4 +885,5 @@ OmniScore.add_asgi_middleware(
     openapi=_published_document,
     max_concurrency=CONFIG.max_concurrency,
     deadline=CONFIG.timeout + 5,
+    admin_key=CONFIG.admin_key,
 )
