@@ -20,6 +20,7 @@ from data_layer.event_store import read_customers, read_events
 from data_layer.feast_store import feature_store, materialize, online_features
 from data_layer.feature_pipeline import compute_snapshots
 from data_layer.live_state import LiveState
+from data_layer.synthetic import generate
 from serving.launcher import start_server
 from training.model_io import load_champion
 from training.registry import promote
@@ -231,6 +232,37 @@ def test_scores_are_the_models_on_the_batch_features_at_the_clock(home, client):
         np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
     # A second request is served from the cache: the same answer.
     assert client.post("/score", json={"customer_ids": ids}).json() == body
+
+
+def test_a_world_posted_over_http_in_shuffled_batches_is_served_as_the_batch_computes_it(
+    home, client
+):
+    """The core property through the HTTP path: another generated world's events (ids
+    renamed), shuffled, with a fifth of them sent twice, posted in batches; then every
+    customer's served features equal the batch pipeline's over the whole store."""
+    world = generate(25, 60, seed=21, end=CLOCK.floor("D")).events.to_pandas()
+    world = world[world["event_timestamp"] < CLOCK]
+    world["customer_id"] = "P-" + world["customer_id"]
+    columns = ["customer_id", "event_timestamp", "channel", "event_type", "amount"]
+    columns += ["session_id", "device", "rating", "campaign_id"]  # ids: content hashes
+    records = []
+    for row in world[columns].to_dict("records"):
+        record = {k: v for k, v in row.items() if v is not None and not pd.isna(v)}
+        record["event_timestamp"] = iso(row["event_timestamp"])
+        records.append(record)
+    rng = np.random.default_rng(4)
+    repeats = [records[i] for i in rng.integers(0, len(records), size=len(records) // 5)]
+    posted = [records[i] for i in rng.permutation(len(records))] + repeats
+    statuses = []
+    for lo in range(0, len(posted), 50):
+        statuses += [r["status"] for r in post_events(client, posted[lo : lo + 50])]
+    assert statuses.count("accepted") == len(records)
+    assert statuses.count("duplicate") == len(repeats)
+    frame = compute_snapshots(read_events(home), read_customers(home), [CLOCK])
+    expected = frame.set_index("customer_id")
+    for customer in sorted(world["customer_id"].unique()):
+        served = client.get(f"/customers/{customer}").json()["features"]
+        assert_same_features(served, expected.loc[customer].to_dict())
 
 
 # --- GET /customers/{id} ----------------------------------------------------------------------
