@@ -293,14 +293,18 @@ def read_profile_extras(settings: Settings) -> dict[str, str]:
 
 
 def merge_customers(
-    settings: Settings, rows: pd.DataFrame, extras: dict[str, str]
+    settings: Settings,
+    rows: pd.DataFrame,
+    extras: dict[str, str],
+    provided: list[str] | None = None,
 ) -> tuple[int, int]:
     """Add validated profile rows (with ``valid_from``); returns (added, duplicates).
 
     A row equal to a stored one is a duplicate, so loading a file twice adds nothing. A row
     with a stored row's customer and ``valid_from`` but other values replaces it (a corrected
-    export). Extras declared earlier stay declared; a name declared again with another kind
-    is an error.
+    export). ``provided`` names the columns the file had: the others keep the customer's
+    latest stored values (a file of one new attribute does not blank the rest). Extras
+    declared earlier stay declared; a name declared again with another kind is an error.
     """
     declared = read_profile_extras(settings)
     for name, kind in extras.items():
@@ -312,6 +316,16 @@ def merge_customers(
     columns = customers_schema(merged_extras).names
     stored = read_customers(settings).reindex(columns=columns)
     incoming = rows.reindex(columns=columns)
+    if provided is not None and len(stored):
+        latest = (
+            stored.sort_values("valid_from", kind="stable", na_position="first")
+            .drop_duplicates("customer_id", keep="last")
+            .set_index("customer_id")
+        )
+        for col in columns:
+            if col not in provided and col not in ("customer_id", "valid_from"):
+                carried = incoming["customer_id"].map(latest[col])
+                incoming[col] = incoming[col].where(incoming[col].notna(), carried)
     # (An empty stored table is left out: concat would otherwise guess dtypes from it.)
     both = pd.concat([f for f in (stored, incoming) if len(f)] or [incoming], ignore_index=True)
     for col in ("signup_date", "valid_from"):

@@ -931,7 +931,9 @@ def normalise_customers(
     """Split a customers file into (profile rows, quarantined rows with reasons).
 
     Profile rows have the canonical columns, ``valid_from`` (``now`` when the file has no such
-    column, null with ``static``) and the declared extras. Pure and vectorised.
+    column, null with ``static``) and the declared extras; ``attrs["provided"]`` names the
+    columns the file had (the others are filled from the stored profile when merged). Pure
+    and vectorised.
     """
     mapping.validate()
     raw = frame.reset_index(drop=True)
@@ -997,6 +999,7 @@ def normalise_customers(
         flag(conflict, CONFLICTING_PROFILE)
     good = reason.isna().to_numpy()
     accepted = out[good].reset_index(drop=True)
+    accepted.attrs["provided"] = sorted(sources)
     return accepted, quarantine_rows(raw, reason, source)
 
 
@@ -1051,7 +1054,8 @@ def ingest_customers_file(
     quarantine_path = None
     if len(quarantined):
         quarantine_path = write_quarantine(settings, quarantined, path, mapping)
-    added, duplicates = merge_customers(settings, accepted, dict(mapping.extras))
+    provided = list(accepted.attrs.get("provided", []))
+    added, duplicates = merge_customers(settings, accepted, dict(mapping.extras), provided)
     use_profile_extras(read_profile_extras(settings))
     report = CustomerIngestReport(
         source=path,

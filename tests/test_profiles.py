@@ -166,6 +166,15 @@ def test_customers_from_parquet_and_whole_file_errors(settings, tmp_path):
         ingest_customers_file(
             settings, tmp_path / "x.csv", CustomerMapping(extras={"score": "categorical"})
         )
+    # A file of one attribute does not blank the others: they keep the latest stored values.
+    write_text(tmp_path / "y.csv", "customer_id,score\n7,3\n")
+    mapping = CustomerMapping(extras={"score": "numeric"}, static=True)
+    assert ingest_customers_file(settings, tmp_path / "y.csv", mapping).accepted == 1
+    seven = read_customers(settings).query("customer_id == '7'").set_index("valid_from")
+    first = seven.loc[seven.index.isna()].iloc[0]
+    assert (first["score"], first["region"]) == (3.0, "north")
+    assert first["signup_date"] == pd.Timestamp("2025-01-01", tz="UTC")
+    assert len(seven) == 2  # the static version (replaced) and the one valid from NOW
 
 
 EVENTS_CSV = """
@@ -262,3 +271,35 @@ def test_cli_ingest_customers(tmp_path):
     )
     assert result.exit_code == 2
     assert "kind 'ordinal' is not one of" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_declared_extras_reach_the_training_set_and_a_trained_model(copy_world, tmp_path):
+    from training_home import rebuild_features
+
+    from data_layer.feast_store import apply
+    from training.datasets import build_training_set
+    from training.train import train_model
+
+    settings = copy_world(tmp_path / "home")
+    ids = sorted(read_customers(settings)["customer_id"].unique())
+    rows = ["customer_id,segment,score"]
+    rows += [f"{c},{'pro' if i % 3 else 'hobby'},{i % 7}" for i, c in enumerate(ids)]
+    path = tmp_path / "extras.csv"
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    mapping = CustomerMapping(extras={"segment": "categorical", "score": "numeric"}, static=True)
+    report = ingest_customers_file(settings, path, mapping)
+    assert report.accepted == len(ids)
+    assert read_customers(settings)["signup_date"].notna().all()  # kept from the world
+
+    settings = Settings.from_env(settings.home)  # what `omniscore train` does first
+    rebuild_features(settings)
+    apply(settings)
+    ts = build_training_set(settings, "propensity")
+    assert {"segment", "score"} <= set(ts.feature_names)
+    assert "segment" in ts.categorical and "score" not in ts.categorical
+    assert set(ts.frame["segment"].dropna()) == {"pro", "hobby"}
+    assert ts.frame["score"].notna().all()
+
+    result = train_model(settings, "propensity", trials=1, seed=1, register=False)
+    assert result.feature_service == "propensity_v1" and "test_roc_auc" in result.metrics
