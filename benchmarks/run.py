@@ -95,6 +95,14 @@ BENCHMARKS: dict[str, tuple[str, list[str], str]] = {
         "cutoff): propensity trained by the product's job at each horizon, the three test AUCs, "
         "the margins and the generator's oracle AUC (the ceiling).",
     ),
+    "forget": (
+        "benchmarks.bench_forget",
+        ["--customers", "100000", "--days", "120", "--weeks", "4", "--forget", "1000"],
+        "Right to erasure (issue 13): one `forget` request for 1,000 customers drawn at random "
+        "from a 100k-customer embedded home (events, profiles, ground truth, 4 weekly "
+        "snapshots, SQLite online store, live state), one pass per store; seconds and rows "
+        "per store, and the rows of theirs left afterwards (must be 0).",
+    ),
     "serving": (
         "benchmarks.bench_serving",
         [],

@@ -365,13 +365,16 @@ def forget(
 
     # 3. One pass per store.
     done("event_store", _forget_events(settings, erased))
-    for store, rows in _forget_parquet_tables(settings, erased).items():
-        done(store, rows)
+    _forget_parquet_tables(settings, erased, done)
     done("quarantine", _forget_quarantine(settings, erased))
     for store, rows in _forget_online(settings, ids).items():
         done(store, rows)
     done("live_state", _forget_live_state(settings, ids, live_state))
     for store, rows in _forget_streams(settings, erased).items():
+        done(store, rows)
+    for store, rows in _forget_sqlite_tables(settings, ids).items():
+        done(store, rows)
+    for store, rows in _forget_score_log_postgres(settings, ids).items():
         done(store, rows)
     done("logs", _forget_logs(settings, ids))
     # 4. The receipt, then the pending obligations move into it.
@@ -542,11 +545,14 @@ def _vacuum(conn: sqlite3.Connection) -> None:
 _SPECIAL_TABLES = ("events", "quarantine")
 
 
-def _forget_parquet_tables(settings: Settings, erased: set[str]) -> dict[str, int]:
+def _forget_parquet_tables(
+    settings: Settings, erased: set[str], done: Callable[[str, int], None]
+) -> None:
     """Every other Parquet file under the home with a ``customer_id`` column: the profile
     table, the feature snapshots, the simulator's ground truth, score outputs."""
     value_set = pa.array(sorted(erased), pa.string())
     counts: dict[str, int] = {}
+    current: str | None = None
     skip = {settings.home / name for name in _SPECIAL_TABLES}
     skip.add(settings.home / "mlartifacts")
     for path in sorted(settings.home.rglob("*.parquet")):
@@ -563,11 +569,15 @@ def _forget_parquet_tables(settings: Settings, erased: set[str]) -> dict[str, in
         mask = _id_mask(ids, value_set)
         hits = pc.sum(mask).as_py() or 0
         store = _store_name(settings, path)
+        if current is not None and store != current:
+            done(current, counts.pop(current))  # reported as each store is finished
+        current = store
         counts.setdefault(store, 0)
         if hits:
             _rewrite_without(path, pc.invert(mask), pq.read_table(path))
             counts[store] += hits
-    return counts
+    for store, rows in counts.items():
+        done(store, rows)
 
 
 def _store_name(settings: Settings, path: Path) -> str:
@@ -665,6 +675,78 @@ def _forget_live_state(settings: Settings, ids: list[str], live_state: Any) -> i
     finally:
         if live_state is None:
             state.close()
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _forget_sqlite_tables(settings: Settings, ids: list[str]) -> dict[str, int]:
+    """Every other SQLite database under the home with a ``customer_id`` column (the score
+    log ``score_log.db``, or any table added later): rows deleted, then vacuumed."""
+    handled = {
+        settings.online_store_path.resolve(),
+        (settings.home / "live" / "state.db").resolve(),
+        (settings.events_dir / "live-segment.db").resolve(),
+    }
+    counts: dict[str, int] = {}
+    for path in sorted(settings.home.rglob("*")):
+        if not path.is_file() or path.resolve() in handled or path.name.endswith(("-wal", "-shm")):
+            continue
+        if path.is_relative_to(settings.home / "mlartifacts"):
+            continue
+        with open(path, "rb") as handle:
+            if handle.read(16) != _SQLITE_HEADER:
+                continue
+        conn = sqlite3.connect(path, timeout=60, isolation_level=None)
+        try:
+            tables = [
+                row[0]
+                for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                if "customer_id" in {c[1] for c in conn.execute(f'PRAGMA table_info("{row[0]}")')}
+            ]
+            if not tables:
+                continue
+            removed = 0
+            conn.execute("BEGIN IMMEDIATE")
+            for table in tables:
+                for lo in range(0, len(ids), _CHUNK):
+                    part = ids[lo : lo + _CHUNK]
+                    marks = ",".join("?" * len(part))
+                    removed += conn.execute(
+                        f'DELETE FROM "{table}" WHERE customer_id IN ({marks})', part
+                    ).rowcount
+            conn.execute("COMMIT")
+            # Vacuumed even when nothing matched: rows deleted earlier (a retention sweep)
+            # may still sit in free pages.
+            _vacuum(conn)
+            counts[path.relative_to(settings.home).as_posix()] = removed
+        finally:
+            conn.close()
+    return counts
+
+
+def _forget_score_log_postgres(settings: Settings, ids: list[str]) -> dict[str, int]:
+    """The score log's PostgreSQL table, when the score log is configured there."""
+    url = str(getattr(settings, "score_log", None) or "").strip()
+    if not url.startswith(("postgresql://", "postgres://")):
+        return {}
+    import psycopg2
+
+    conn = psycopg2.connect(url, connect_timeout=10)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT to_regclass('score_log') IS NOT NULL")
+            if not cur.fetchone()[0]:
+                return {"score_log (postgresql)": 0}
+            cur.execute("DELETE FROM score_log WHERE customer_id = ANY(%s)", (list(ids),))
+            removed = cur.rowcount
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            # Dead tuples keep the values until vacuumed.
+            cur.execute("VACUUM score_log")
+    finally:
+        conn.close()
+    return {"score_log (postgresql)": removed}
 
 
 def _stream_names(settings: Settings) -> list[str]:

@@ -34,6 +34,8 @@ from data_layer.live_state import LiveState
 from data_layer.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
+OMNISCORE = str(Path(sys.executable).with_name("omniscore"))
+"""The installed command line, run as a real subprocess."""
 REDIS_DB = 13
 """This module's own Redis database (flushed before use)."""
 
@@ -300,7 +302,7 @@ def test_forget_killed_half_way_completes_when_run_again(embedded, tmp_path, sto
     assert erasure.read_audit(settings) == []  # no receipt for an unfinished request
 
     rerun = subprocess.run(
-        [sys.executable, "-m", "omniscore.cli", "forget", "--file", str(ids_file)],
+        [OMNISCORE, "forget", "--file", str(ids_file)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
@@ -426,7 +428,7 @@ def test_admin_forget_over_http_and_the_report(serving_home, tmp_path):
     }  # fmt: skip
     assert all(o["age_days"] >= 0 for o in obligations)
     report = subprocess.run(
-        [sys.executable, "-m", "omniscore.cli", "forget", "--report", "--home", str(settings.home)],
+        [OMNISCORE, "forget", "--report", "--home", str(settings.home)],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert report.returncode == 0, report.stderr
