@@ -214,7 +214,8 @@ def validate_records(
         parts.append((kept, accepted))
     if parts:
         positions = np.concatenate([p for p, _ in parts])
-        frame = pd.concat([f for _, f in parts], ignore_index=True)
+        # One dtype per column on both sides, so an all-missing column changes nothing.
+        frame = pd.concat([f.astype(_FRAME_DTYPES) for _, f in parts], ignore_index=True)
         order = np.argsort(positions, kind="stable")
         positions, frame = positions[order], frame.iloc[order].reset_index(drop=True)
     else:
@@ -346,6 +347,20 @@ def _canonical_row(record: dict) -> tuple | None:
         return None
     return (customer_id, micros, channel, event_type, amount, optional[0], optional[1],
             rating, optional[2])  # fmt: skip
+
+
+_FRAME_DTYPES = {
+    "customer_id": "string",
+    "event_timestamp": "datetime64[ns, UTC]",
+    "channel": "string",
+    "event_type": "string",
+    "amount": "float64",
+    "session_id": "string",
+    "device": "string",
+    "rating": "float64",
+    "campaign_id": "string",
+}
+"""Column dtypes of a validated batch (``normalise``'s canonical frame)."""
 
 
 def _fast_frame(rows: list[tuple]) -> pd.DataFrame:
