@@ -15,7 +15,9 @@ against a store of the target size. Then, against one server started once:
 4. 100 ids per request, sequential: customers per second;
 5. 8 concurrent clients with single ids: throughput and p99;
 6. a fixed-concurrency load for ``--load-seconds`` (60): requests, errors, p50 / p99;
-7. batch scoring of every customer (``score_batch``): customers per second.
+7. batch scoring of every customer (``score_batch``): customers per second;
+8. ``/score`` p50 with the score log on against the same run with it off
+   (:func:`time_score_log`; ``--score-log-only`` runs just this).
 
     .venv/bin/python -m benchmarks.bench_serving --customers 100000
 
@@ -202,6 +204,59 @@ def sequential(client: httpx.Client, bodies, warmup: int = 20) -> tuple[list[flo
     return times, errors
 
 
+def time_score_log(settings: Settings, ids: list[str], requests: int, key: str) -> dict:
+    """``/score`` p50 with the score log on and off, in the same run.
+
+    Two servers on the same store, one writing the score log (the default SQLite file of the
+    home) and one with ``OMNISCORE_SCORE_LOG=off``; single-id requests alternate between
+    them, so both see the same machine load. Returns each one's percentiles, the p50 ratio
+    (target: at most 1.05) and the rows the log holds afterwards.
+    """
+    import os
+
+    from data_layer.score_log import read_scores
+    from serving.launcher import start_server
+
+    options = {"reload_interval": 0, "max_concurrency": 64}
+    rng = np.random.default_rng(7)
+    picks = rng.integers(len(ids), size=requests + 20)
+    saved = os.environ.get("OMNISCORE_SCORE_LOG")
+    try:
+        os.environ["OMNISCORE_SCORE_LOG"] = "off"
+        off_server = start_server(settings, api_key=key, options=options)
+        off = off_server.__enter__()
+        os.environ["OMNISCORE_SCORE_LOG"] = "sqlite"
+        try:
+            with start_server(settings, api_key=key, options=options) as on:
+                times = {"on": [], "off": []}
+                with (
+                    httpx.Client(base_url=on.url, headers=on.headers(), timeout=30) as c_on,
+                    httpx.Client(base_url=off.url, headers=off.headers(), timeout=30) as c_off,
+                ):
+                    for i, pick in enumerate(picks):
+                        body = [{"customer_ids": [ids[pick]]}]
+                        first, second = ("on", "off") if i % 2 else ("off", "on")
+                        for name in (first, second):
+                            client = c_on if name == "on" else c_off
+                            took, errors = sequential(client, body, warmup=0)
+                            if i >= 20 and not errors:
+                                times[name].extend(took)
+        finally:
+            off_server.__exit__(None, None, None)
+    finally:
+        if saved is None:
+            os.environ.pop("OMNISCORE_SCORE_LOG", None)
+        else:
+            os.environ["OMNISCORE_SCORE_LOG"] = saved
+    on_stats, off_stats = percentiles(times["on"]), percentiles(times["off"])
+    return {
+        "log_on": on_stats,
+        "log_off": off_stats,
+        "p50_ratio": round(on_stats["p50_ms"] / off_stats["p50_ms"], 3),
+        "rows_logged": int(len(read_scores(settings))),
+    }
+
+
 def concurrent(url: str, headers: dict, ids: list[str], clients: int, seconds: float) -> dict:
     """``clients`` threads sending single-id requests for ``seconds``."""
     stop = time.monotonic() + seconds
@@ -261,6 +316,11 @@ def main() -> None:
         default="sqlite",
         help="sqlite (default) or a redis:// URL (keys of a benchmark project, removed after)",
     )
+    parser.add_argument(
+        "--score-log-only",
+        action="store_true",
+        help="run only the score-log variant (/score p50 with the log on vs off)",
+    )
     args = parser.parse_args()
 
     from serving.batch import score_batch
@@ -276,11 +336,15 @@ def main() -> None:
     settings, prepared = store_home(work / "store", models, args.customers, args.online_store)
     ids = customer_ids(args.customers)
     result: dict = {"customers": args.customers, "train_seconds": train_seconds, **prepared}
+    key = "bench-key-0123456789abcdef"
+    result["score_log"] = time_score_log(settings, ids, args.requests, key)
+    if args.score_log_only:
+        print(json.dumps(result))
+        return
     result["floor"] = time_floor(settings, ids, args.requests)
     result["trivial_endpoint"] = time_trivial_endpoint(work, args.requests)
 
     rng = np.random.default_rng(1)
-    key = "bench-key-0123456789abcdef"
     options = {"reload_interval": 0, "max_concurrency": 64}
     with start_server(settings, api_key=key, options=options) as server:
         with httpx.Client(base_url=server.url, headers=server.headers(), timeout=30) as c:
@@ -328,6 +392,7 @@ def main() -> None:
         "ratio_to_direct_floor": result["ratio_to_floor"]["direct"] <= TARGETS["ratio_to_floor"],
         "batch100": result["batch100"]["customers_per_s"] >= TARGETS["batch100_customers_per_s"],
         "load_zero_errors": result["load"]["errors"] == 0,
+        "score_log_p50_within_5pct": result["score_log"]["p50_ratio"] <= 1.05,
         "batch_scoring": result["batch_scoring"]["customers_per_s"]
         >= TARGETS["batch_customers_per_s"],
     }

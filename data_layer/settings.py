@@ -44,6 +44,13 @@ ENV_VARS: dict[str, str] = {
     "stream_redis": "OMNISCORE_STREAM_REDIS",
     "build_memory_mb": "OMNISCORE_BUILD_MEMORY_MB",
     "spark_master": "OMNISCORE_SPARK_MASTER",
+    "score_log": "OMNISCORE_SCORE_LOG",
+    "score_log_retention_days": "OMNISCORE_SCORE_LOG_RETENTION_DAYS",
+    "monitor_feature_drift_share": "OMNISCORE_MONITOR_FEATURE_DRIFT_SHARE",
+    "monitor_score_psi": "OMNISCORE_MONITOR_SCORE_PSI",
+    "monitor_segment_share_shift": "OMNISCORE_MONITOR_SEGMENT_SHARE_SHIFT",
+    "monitor_segment_ari": "OMNISCORE_MONITOR_SEGMENT_ARI",
+    "monitor_expected_auc_drop": "OMNISCORE_MONITOR_EXPECTED_AUC_DROP",
 }
 """Environment variable of each backend setting; a set variable wins over the profile."""
 OPTUNA_HEARTBEAT_SECONDS = 30
@@ -53,6 +60,7 @@ DEFAULT_LGBM_THREADS = 2
 cores)."""
 FUTURE_TOLERANCE_SECONDS = 300
 STREAM_NAME = "omniscore:events"
+SCORE_LOG_RETENTION_DAYS = 400
 _INT_SETTINGS = frozenset(
     {
         "optuna_heartbeat_seconds",
@@ -60,9 +68,20 @@ _INT_SETTINGS = frozenset(
         "future_tolerance_seconds",
         "lgbm_threads",
         "build_memory_mb",
+        "score_log_retention_days",
     }
 )
 """Settings that are whole numbers; the profile may write them as TOML integers."""
+_FLOAT_SETTINGS = frozenset(
+    {
+        "monitor_feature_drift_share",
+        "monitor_score_psi",
+        "monitor_segment_share_shift",
+        "monitor_segment_ari",
+        "monitor_expected_auc_drop",
+    }
+)
+"""Settings that are decimal numbers (the monitor's thresholds)."""
 BUILD_MEMORY_MB = 3072
 """Default memory budget of a feature build (MB): under the 4 GB the issue allows at 100k."""
 SPARK_MASTER = "local[2]"
@@ -190,6 +209,23 @@ class Settings:
     spark_master: str = SPARK_MASTER
     """Spark master URL of ``--engine spark`` (``OMNISCORE_SPARK_MASTER``; local mode by
     default, ``spark://host:7077`` or ``yarn`` on a cluster)."""
+    score_log: str | None = None
+    """Where every served score is recorded (:mod:`data_layer.score_log`): unset or
+    ``sqlite`` for ``<home>/score_log.db``, a ``postgresql://`` URL, or ``off``."""
+    score_log_retention_days: int = SCORE_LOG_RETENTION_DAYS
+    """Days of scores the score log keeps, counted back from the newest score logged."""
+    monitor_feature_drift_share: float = 0.3
+    """``omniscore monitor`` alarm: share of a model's features that drifted (Evidently's
+    per-column test) above which feature drift is flagged."""
+    monitor_score_psi: float = 0.2
+    """Alarm: population stability index of the scores against the training reference."""
+    monitor_segment_share_shift: float = 0.1
+    """Alarm: the largest change of a segment's share of customers (absolute)."""
+    monitor_segment_ari: float = 0.5
+    """Alarm below: adjusted Rand index of a re-fit on current data against the served
+    assignment."""
+    monitor_expected_auc_drop: float = 0.05
+    """Alarm: drop of the label-free expected AUC from the reference's."""
     profile: Path | None = None
     """The profile file these settings were read from, if any."""
 
@@ -220,6 +256,11 @@ class Settings:
             raise ValueError(
                 f"build_memory_mb ({ENV_VARS['build_memory_mb']}) must be at least 1, "
                 f"got {self.build_memory_mb}"
+            )
+        if self.score_log_retention_days < 1:
+            raise ValueError(
+                f"score_log_retention_days ({ENV_VARS['score_log_retention_days']}) must be "
+                f"at least 1, got {self.score_log_retention_days}"
             )
         if self.lgbm_threads is not None and self.lgbm_threads < 1:
             raise ValueError(
@@ -252,6 +293,11 @@ class Settings:
         values: dict[str, object] = {k: v for k, v in values.items() if v}
         for key in _INT_SETTINGS & set(values):
             values[key] = _whole_number(key, str(values[key]))
+        for key in _FLOAT_SETTINGS & set(values):
+            try:
+                values[key] = float(values[key])
+            except ValueError:
+                raise ValueError(f"{key} must be a number, got {values[key]!r}") from None
         settings = cls(home=root, profile=path, **{**_DEFAULTS, **values})
         # The home's declared extra profile features join this process's feature catalog here,
         # where every command, training job and service builds its settings.
@@ -356,5 +402,5 @@ class Settings:
         """Every password found in the configured URLs (for scrubbing messages)."""
         values = (self.mlflow_tracking_uri, self.optuna_storage, self.online_store,
                   self.feast_registry, self.mlflow_artifacts, self.serving_url,
-                  self.stream_redis)  # fmt: skip
+                  self.stream_redis, self.score_log)  # fmt: skip
         return [s for v in values for s in url_secrets(v)]

@@ -126,13 +126,16 @@ def score_batch(
     explain: bool = False,
     as_of: datetime | None = None,
     models: ModelSet | None = None,
+    log_scores: bool = True,
 ) -> BatchReport:
     """Score every customer of the latest snapshots with the champions; write Parquet.
 
     The columns are those of ``POST /score`` flattened (``propensity_probability``,
     ``propensity_score``, ``propensity_band``, the same for churn, ``segment_id``,
     ``segment_name``, ``known``, ``feature_timestamp``, ``<model>_version``), plus
-    ``explanation`` (JSON) when ``explain``. Returns a :class:`BatchReport`.
+    ``explanation`` (JSON) when ``explain``. With ``log_scores`` (and the score log on),
+    every score is also recorded in the score log, stamped ``as_of``. Returns a
+    :class:`BatchReport`.
     """
     end = as_of or datetime.now(UTC)
     models = models or load_model_set(settings, feature_store(settings))
@@ -146,6 +149,8 @@ def score_batch(
     tmp = out.with_name(out.name + ".tmp")
     pq.write_table(table, tmp, compression="zstd")
     tmp.replace(out)
+    if log_scores:
+        record_batch(settings, table, end)
     written = time.perf_counter()
     return BatchReport(
         out=str(out),
@@ -157,6 +162,37 @@ def score_batch(
         score_seconds=round(scored - read, 3),
         write_seconds=round(written - scored, 3),
     )
+
+
+def record_batch(settings: Settings, table: pa.Table, scored_at: datetime) -> int:
+    """Record a table of :func:`score_frame` in the score log, stamped ``scored_at``; waits
+    until it is written. Returns the rows written (0 when the log is off)."""
+    from data_layer.score_log import ScoreLog
+
+    log = ScoreLog.open(settings) if table.num_rows else None
+    if log is None:
+        return 0
+    try:
+        for lo in range(0, table.num_rows, CHUNK_ROWS):
+            part = table.slice(lo, CHUNK_ROWS)
+            column = {name: part.column(name).to_numpy(zero_copy_only=False)
+                      for name in part.column_names if name != "explanation"}  # fmt: skip
+            versions = {m: str(column[f"{m}_version"][0]) for m in ("propensity", "churn",
+                                                                     "segments")}  # fmt: skip
+            log.record(
+                "batch",
+                scored_at,
+                column["customer_id"].tolist(),
+                column["known"],
+                {m: column[f"{m}_probability"] for m in ("propensity", "churn")},
+                {m: column[f"{m}_band"] for m in ("propensity", "churn")},
+                column["segment_id"],
+                column["segment_name"],
+                versions,
+            )
+    finally:
+        log.close()
+    return log.written
 
 
 def _slice(batch: FeatureBatch, lo: int, hi: int) -> FeatureBatch:

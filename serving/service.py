@@ -40,7 +40,6 @@ EXAMPLE_VERSIONS = {"propensity": "3", "churn": "2", "segments": "1"}
 RECENT_EVENTS = 20
 """Events listed by ``GET /customers/{id}``."""
 
-
 CustomerId = Annotated[
     str,
     StringConstraints(strict=True, min_length=1, max_length=128),
@@ -382,6 +381,10 @@ def _metrics() -> dict:
             documentation="Events posted to POST /events, by result status.",
             labelnames=["status"],
         ),
+        "score_log_dropped": bentoml.metrics.Counter(
+            name="omniscore_score_log_dropped_total",
+            documentation="Scores not recorded in the score log because its queue was full.",
+        ),
         "seconds": bentoml.metrics.Histogram(
             name="omniscore_score_seconds",
             documentation="Time to read features and score one request, in seconds.",
@@ -487,6 +490,7 @@ class OmniScore:
         self._pinned = self._read_pins()
         self._limiter = None  # created on the event loop by the first request
         self._open_live()
+        self.score_log = self._open_score_log()
         try:
             self.reload(force=True)
         except Exception as exc:  # serve /healthz and a reasoned /readyz while retrying
@@ -516,6 +520,22 @@ class OmniScore:
         self._live_on = False
         self._online_writer = None
         self._accept_lock = threading.Lock()
+
+    def _open_score_log(self):
+        """The score log (:mod:`data_layer.score_log`), or None when it is off or cannot be
+        opened: scoring goes on without it, and the failure is in the log."""
+        from data_layer.score_log import ScoreLog
+
+        try:
+            return ScoreLog.open(self.settings, on_drop=_metrics()["score_log_dropped"].inc)
+        except Exception:
+            logger.exception("the score log cannot be opened; scores are served unlogged")
+            return None
+
+    def _log_scores(self, source: str, scores) -> None:
+        """Queue the scores for the score log (never blocks; see ScoreLog.record)."""
+        if self.score_log is not None:
+            self.score_log.record_scores(source, self.now(), scores)
 
     def serving_live(self) -> bool:
         """Whether features come from the live state (``features`` live, or auto and the
@@ -576,7 +596,9 @@ class OmniScore:
         batch = self._batch(models, [customer_id], now)
         if not batch.known[0]:  # no event and no profile row (or, served online: no row)
             return None
-        record = to_records(score(models, batch))[0]
+        scores = score(models, batch)
+        self._log_scores("customer_view", scores)
+        record = to_records(scores)[0]
         features = {}
         for j, name in enumerate(models.layout.names):
             if name in batch.strings:
@@ -697,6 +719,8 @@ class OmniScore:
     def _shutdown(self) -> None:
         self._stop.set()
         self.reader.close()
+        if self.score_log is not None:
+            self.score_log.close(timeout=5)
 
     # -- endpoints -----------------------------------------------------------------------
     @bentoml.api(route="/score", input_spec=ScoreRequest, output_spec=ScoreResponse)
@@ -766,6 +790,7 @@ class OmniScore:
         from serving.scoring import score, to_records
 
         scores = score(models, batch, explain=explain)
+        self._log_scores("score", scores)
         known = int(scores.known.sum())
         counter = _metrics()["customers"]
         if known:
