@@ -17,7 +17,7 @@ Shared data is built once per session and copied where a test changes it:
 ``world_template`` (the 500-customer world of :mod:`training_home`: events, weekly
 snapshots, Feast applied) through ``copy_world``; ``mlflow_db`` (MLflow's SQLite schema);
 ``serving_home`` (a copy of the world, materialized, with small real models registered by
-``train_model(trials=1)`` and promoted).
+``train_model`` (one trial, four cutoffs) and promoted).
 """
 
 from __future__ import annotations
@@ -279,7 +279,8 @@ def copy_world(world_template):
 @pytest.fixture(scope="session")
 def serving_home(copy_world, tmp_path_factory) -> Settings:
     """A copy of the world, materialized, with propensity, churn and segments trained
-    (one Optuna trial each), registered and promoted: what the scoring service serves.
+    small (``training_home.SMALL_TRAINING``: one Optuna trial, four cutoffs), registered and
+    promoted: what the scoring service serves.
     Read-only: a test that promotes, trains or breaks something works on
     ``training_home.copy_home(serving_home, path)``.
     """

@@ -1,8 +1,13 @@
 """The scoring service over real HTTP: a ``bentoml serve`` subprocess on a trained home.
 
-One home per module (generated events, Feast applied and materialized, three models trained
-with two Optuna trials each and promoted) and one server for every test, with an API key and
+One home (a private copy of conftest.py's ``serving_home``: the session's generated world,
+Feast applied and materialized, three small real models trained with one Optuna trial on
+four cutoffs, registered and promoted) and one server for every test, with an API key and
 a one-second registry poll. The store-failure test runs last because it breaks the store.
+
+Booting a server (imports, model loading) is what this module waits for most, and it uses
+one core: every server is started before the first test that needs it and boots while the
+tests that read in-process run, so the boots overlap each other and that work.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from training_home import build_home
+from training_home import copy_home, train_and_promote
 
 from data_layer.feast_store import apply, feature_store, materialize, online_features
 from serving.batch import score_batch
@@ -30,8 +35,6 @@ from serving.launcher import start_server
 from serving.online import OnlineReader
 from serving.scoring import load_model_set
 from training.model_io import load_champion
-from training.registry import promote
-from training.train import train_model
 
 pytestmark = pytest.mark.slow
 API_KEY = "test-key-0123456789abcdef"
@@ -39,33 +42,39 @@ IDS = [f"C{i:06d}" for i in range(1, 41)]
 UNKNOWN = "not-a-customer-7"
 
 
-def _train_and_promote(settings, model: str, seed: int) -> str:
-    extra = {"horizon_days": 30} if model == "churn" else {}
-    result = train_model(settings, model, trials=2, seed=seed, **extra)
-    decision = promote(settings, model, force=True, reason="serving tests")
-    assert decision.promoted
-    return result.version
+BOOT_TIMEOUT = 300
+"""Seconds a server may take to boot: several boot at once on a loaded two-core machine."""
+ONLINE = {"features": "online"}
+"""These servers serve the rows of the Feast online store (the live path, which computes
+features as of each request from the live state, is tested in tests/test_live_service.py)."""
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    settings = build_home(tmp_path_factory.mktemp("serving-home"))
-    materialize(settings)
-    for model in ("propensity", "churn", "segments"):
-        _train_and_promote(settings, model, seed=1)
-    return settings
+def home(serving_home, tmp_path_factory):
+    """A private copy: the hot-reload test promotes a new churn version, the last test
+    breaks the online store for a moment."""
+    return copy_home(serving_home, tmp_path_factory.mktemp("serving-api-home"))
 
 
-@pytest.fixture(scope="module")
-def server(home):
+@pytest.fixture(scope="module", autouse=True)
+def booting_server(home):
+    """The module's server, started before its first test and not waited for."""
     options = {
+        **ONLINE,
         "reload_interval": 1,
         "max_ids": 1000,
         "max_body_bytes": 256 * 1024,
         "max_concurrency": 4,
     }
-    with start_server(home, api_key=API_KEY, options=options) as handle:
+    with start_server(home, api_key=API_KEY, options=options, wait=False) as handle:
         yield handle
+
+
+@pytest.fixture(scope="module")
+def server(booting_server):
+    """The module's server, once ready."""
+    booting_server.wait_ready(BOOT_TIMEOUT)
+    return booting_server
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +87,93 @@ def _score(client, ids, explain=False) -> dict:
     response = client.post("/score", json={"customer_ids": ids, "explain": explain})
     assert response.status_code == 200, response.text
     return response.json()
+
+
+# --- in this process, while the servers boot -----------------------------------------------
+def test_direct_and_feast_reads_agree(home):
+    store = feature_store(home)
+    layout = load_model_set(home, store).layout
+    ids = [*IDS[:20], UNKNOWN, IDS[3]]
+    direct = OnlineReader(store, "direct").read(layout, ids)
+    feast = OnlineReader(store, "feast").read(layout, ids)
+    assert np.array_equal(direct.numeric, feast.numeric, equal_nan=True)
+    assert np.array_equal(direct.timestamps, feast.timestamps)
+    assert direct.known.tolist() == feast.known.tolist() == [True] * 20 + [False, True]
+    for name in layout.strings:
+        assert direct.strings[name].tolist() == feast.strings[name].tolist()
+    assert any(v is not None for v in direct.strings["region"].tolist())
+
+
+@pytest.fixture(scope="module")
+def redis_home(home, services, tmp_path_factory):
+    """The home's snapshots materialized into Redis (own Feast project), same registry."""
+    import uuid
+
+    import redis
+
+    project = f"omniscore_test_{uuid.uuid4().hex[:12]}"
+    settings = replace(
+        home,
+        home=tmp_path_factory.mktemp("serving-redis"),
+        mlflow_tracking_uri=home.tracking_uri,
+        online_store=services["redis"],
+        feast_project=project,
+    )
+    settings.ensure_dirs()
+    for path in home.features_dir.glob("*.parquet"):
+        shutil.copy(path, settings.features_dir / path.name)
+    apply(settings)
+    # Feast's rows only (these servers serve them): the live state's Redis keys are not per
+    # Feast project, so other tests on the same Redis would see them.
+    materialize(settings, live_state=False)
+    yield settings
+    client = redis.Redis.from_url(services["redis"])
+    for key in client.scan_iter(match=b"*" + project.encode(), count=1000):
+        client.delete(key)
+
+
+@pytest.fixture(scope="module")
+def redis_servers(redis_home):
+    """Two servers on the Redis home, booting from the first Redis test on: one on the real
+    Redis, one on a Redis that never answers (a listening socket that never replies:
+    connects succeed, reads hang)."""
+    with socket.socket() as black_hole:
+        black_hole.bind(("127.0.0.1", 0))
+        black_hole.listen(64)
+        port = black_hole.getsockname()[1]
+        silent = replace(redis_home, online_store=f"redis://127.0.0.1:{port}/0")
+        logs = redis_home.home
+        with (
+            start_server(
+                redis_home, api_key=API_KEY, options={**ONLINE, "reload_interval": 0}, wait=False,
+                log_path=logs / "serving-redis.log",
+            ) as on_redis,
+            start_server(
+                silent, api_key=API_KEY, options={**ONLINE, "reload_interval": 0, "timeout": 1},
+                wait=False, log_path=logs / "serving-silent-redis.log",
+            ) as on_silent_redis,
+        ):  # fmt: skip
+            yield {"redis": on_redis, "silent": on_silent_redis}
+
+
+@pytest.mark.services
+def test_redis_direct_reads_equal_feast_and_sqlite_reads(home, redis_home, redis_servers):
+    layout = load_model_set(home, feature_store(home)).layout
+    ids = [*IDS[:20], UNKNOWN, IDS[3]]
+    sqlite = OnlineReader(feature_store(home), "direct").read(layout, ids)
+    store = feature_store(redis_home)
+    direct = OnlineReader(store, "direct").read(layout, ids)
+    feast = OnlineReader(store, "feast").read(layout, ids)
+    # What the service reads for a few ids on its event loop.
+    on_loop = asyncio.run(OnlineReader(store, "direct").read_async(layout, ids))
+    assert OnlineReader(store).method == "direct" and OnlineReader(store).reads_async
+    assert not OnlineReader(feature_store(home)).reads_async
+    for other in (feast, sqlite, on_loop):
+        assert np.array_equal(direct.numeric, other.numeric, equal_nan=True)
+        assert np.array_equal(direct.timestamps, other.timestamps)
+        assert direct.known.tolist() == other.known.tolist() == [True] * 20 + [False, True]
+        for name in layout.strings:
+            assert direct.strings[name].tolist() == other.strings[name].tolist()
 
 
 # --- scores ---------------------------------------------------------------------------------
@@ -170,108 +266,41 @@ def test_batch_scores_equal_online_scores(home, client, tmp_path):
         assert row["propensity_version"] == item["model_versions"]["propensity"]
 
 
-def test_direct_and_feast_reads_agree(home):
-    store = feature_store(home)
-    layout = load_model_set(home, store).layout
-    ids = [*IDS[:20], UNKNOWN, IDS[3]]
-    direct = OnlineReader(store, "direct").read(layout, ids)
-    feast = OnlineReader(store, "feast").read(layout, ids)
-    assert np.array_equal(direct.numeric, feast.numeric, equal_nan=True)
-    assert np.array_equal(direct.timestamps, feast.timestamps)
-    assert direct.known.tolist() == feast.known.tolist() == [True] * 20 + [False, True]
-    for name in layout.strings:
-        assert direct.strings[name].tolist() == feast.strings[name].tolist()
-    assert any(v is not None for v in direct.strings["region"].tolist())
-
-
-@pytest.fixture(scope="module")
-def redis_home(home, services, tmp_path_factory):
-    """The home's snapshots materialized into Redis (own Feast project), same registry."""
-    import uuid
-
-    import redis
-
-    project = f"omniscore_test_{uuid.uuid4().hex[:12]}"
-    settings = replace(
-        home,
-        home=tmp_path_factory.mktemp("serving-redis"),
-        mlflow_tracking_uri=home.tracking_uri,
-        online_store=services["redis"],
-        feast_project=project,
-    )
-    settings.ensure_dirs()
-    for path in home.features_dir.glob("*.parquet"):
-        shutil.copy(path, settings.features_dir / path.name)
-    apply(settings)
-    materialize(settings)
-    yield settings
-    client = redis.Redis.from_url(services["redis"])
-    for key in client.scan_iter(match=b"*" + project.encode(), count=1000):
-        client.delete(key)
-
-
 @pytest.mark.services
-def test_redis_direct_reads_equal_feast_and_sqlite_reads(home, redis_home):
-    layout = load_model_set(home, feature_store(home)).layout
-    ids = [*IDS[:20], UNKNOWN, IDS[3]]
-    sqlite = OnlineReader(feature_store(home), "direct").read(layout, ids)
-    store = feature_store(redis_home)
-    direct = OnlineReader(store, "direct").read(layout, ids)
-    feast = OnlineReader(store, "feast").read(layout, ids)
-    # What the service reads for a few ids on its event loop.
-    on_loop = asyncio.run(OnlineReader(store, "direct").read_async(layout, ids))
-    assert OnlineReader(store).method == "direct" and OnlineReader(store).reads_async
-    assert not OnlineReader(feature_store(home)).reads_async
-    for other in (feast, sqlite, on_loop):
-        assert np.array_equal(direct.numeric, other.numeric, equal_nan=True)
-        assert np.array_equal(direct.timestamps, other.timestamps)
-        assert direct.known.tolist() == other.known.tolist() == [True] * 20 + [False, True]
-        for name in layout.strings:
-            assert direct.strings[name].tolist() == other.strings[name].tolist()
-
-
-@pytest.mark.services
-def test_score_on_redis_equals_score_on_sqlite(redis_home, client):
+def test_score_on_redis_equals_score_on_sqlite(redis_servers, client):
     ids = [IDS[0], UNKNOWN, IDS[5], IDS[9]]
-    with start_server(redis_home, api_key=API_KEY, options={"reload_interval": 0}) as server:
-        assert server.wait_ready()["online_read"] == "direct"
-        with httpx.Client(base_url=server.url, headers=server.headers(), timeout=30) as redis_c:
-            for explain in (False, True):
-                on_redis = _score(redis_c, ids, explain=explain)
-                on_sqlite = _score(client, ids, explain=explain)
-                assert on_redis == on_sqlite
+    server = redis_servers["redis"]
+    assert server.wait_ready(BOOT_TIMEOUT)["online_read"] == "direct"
+    with httpx.Client(base_url=server.url, headers=server.headers(), timeout=30) as redis_c:
+        for explain in (False, True):
+            on_redis = _score(redis_c, ids, explain=explain)
+            on_sqlite = _score(client, ids, explain=explain)
+            assert on_redis == on_sqlite
     assert on_redis["scores"][0]["explanation"] is not None
 
 
 @pytest.mark.services
-def test_redis_that_never_answers_gives_503_within_the_timeout(redis_home):
-    # A listening socket that never replies: connects succeed, reads hang.
-    with socket.socket() as black_hole:
-        black_hole.bind(("127.0.0.1", 0))
-        black_hole.listen(64)
-        port = black_hole.getsockname()[1]
-        settings = replace(redis_home, online_store=f"redis://127.0.0.1:{port}/0")
-        options = {"reload_interval": 0, "timeout": 1}
-        with start_server(settings, api_key=API_KEY, options=options, wait=False) as server:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.25)
-            ready = httpx.get(f"{server.url}/readyz", timeout=10)
-            assert ready.status_code == 503
-            assert "online store" in ready.json()["reason"]
-            with httpx.Client(base_url=server.url, headers=server.headers(), timeout=10) as c:
-                began = time.monotonic()
-                response = c.post("/score", json={"customer_ids": [IDS[0]]})
-                elapsed = time.monotonic() - began
-            assert response.status_code == 503, response.text
-            assert response.json()["error"] in ("online_store_unavailable", "timeout")
-            assert "Traceback" not in response.text
-            assert elapsed < 5
+def test_redis_that_never_answers_gives_503_within_the_timeout(redis_servers):
+    server = redis_servers["silent"]
+    deadline = time.monotonic() + BOOT_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    ready = httpx.get(f"{server.url}/readyz", timeout=10)
+    assert ready.status_code == 503
+    assert "online store" in ready.json()["reason"]
+    with httpx.Client(base_url=server.url, headers=server.headers(), timeout=10) as c:
+        began = time.monotonic()
+        response = c.post("/score", json={"customer_ids": [IDS[0]]})
+        elapsed = time.monotonic() - began
+    assert response.status_code == 503, response.text
+    assert response.json()["error"] in ("online_store_unavailable", "timeout")
+    assert "Traceback" not in response.text
+    assert elapsed < 5
 
 
 # --- security and errors --------------------------------------------------------------------
@@ -401,7 +430,7 @@ def test_hot_reload_after_a_promotion_fails_no_request(home, server, client):
     thread = threading.Thread(target=keep_scoring, daemon=True)
     thread.start()
     try:
-        new_version = _train_and_promote(home, "churn", seed=2)
+        new_version = train_and_promote(home, "churn", seed=2)
         assert new_version != before["churn"]
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -75,16 +75,19 @@ def create_mlflow_schema(path: Path) -> Path:
 
 
 SERVING_MODELS = ("propensity", "churn", "segments")
+SMALL_TRAINING = {"trials": 1, "n_cutoffs": 4, "min_class": 20}
+"""A small but real training run: one Optuna trial on four cutoffs (two to train on), not
+the default weekly cutoffs over the whole history; about 4x faster for propensity."""
 
 
 def train_and_promote(settings: Settings, model: str, seed: int) -> str:
-    """Train a small real model (one Optuna trial), register it and force it to champion;
-    returns its version. Churn gets a 30-day horizon, as the world's history is short."""
+    """Train a small real model (:data:`SMALL_TRAINING`), register it and force it to
+    champion; returns its version. Churn gets a 30-day horizon (the history is short)."""
     from training.registry import promote
     from training.train import train_model
 
     extra = {"horizon_days": 30} if model == "churn" else {}
-    result = train_model(settings, model, trials=1, seed=seed, **extra)
+    result = train_model(settings, model, seed=seed, **SMALL_TRAINING, **extra)
     decision = promote(settings, model, force=True, reason="serving tests")
     assert decision.promoted
     return result.version
