@@ -382,14 +382,15 @@ def test_three_workers_reach_the_trial_count_and_the_parent_run_shows_every_tria
 def test_workers_join_the_study_of_train_with_its_data_options(
     home, postgres_db, mlflow_db, tmp_path
 ):
-    # A non-default horizon and minimum class count change the training rows, hence the study
-    # name: a worker left on the defaults would tune (or fail on) another study.
+    # A non-default horizon, cutoff count and minimum class count change the training rows,
+    # hence the study name: a worker left on the defaults would tune (or fail on) another
+    # study. Four cutoffs also keep each LightGBM trial small.
     url = postgres_db()
     settings = replace(home, optuna_storage=url, mlflow_tracking_uri=mlflow_db(tmp_path / "m.db"))
     trials = 6
     result = train_with_workers(
         settings, "propensity", trials, workers=2, seed=23, register=False,
-        horizon_days=21, min_class=20,
+        horizon_days=21, min_class=20, n_cutoffs=4,
     )  # fmt: skip
     assert result.metrics["worker_failures"] == 0
     study = _study(url)  # exactly one study: the worker computed the same name
@@ -401,6 +402,7 @@ def test_workers_join_the_study_of_train_with_its_data_options(
     client = _client(settings)
     run = client.get_run(result.run_id)
     assert run.data.params["horizon_days"] == "21" and run.data.params["min_class"] == "20"
+    assert run.data.params["n_cutoffs"] == "4"
     assert "[T, T+21d)" in run.data.tags["omniscore.label_definition"]
     assert run.data.metrics["trials_in_study"] == len(finished)
     assert logged_trial_numbers(client, result.experiment_id, result.run_id) == finished
