@@ -11,8 +11,9 @@ BentoML lets a service add ASGI middleware (``Service.add_asgi_middleware``); th
   JSON);
 - when an API key is configured, requires ``Authorization: Bearer <key>`` on every other
   path, compared in constant time (:func:`hmac.compare_digest`), else 401;
-- requires the separate admin key on :data:`ADMIN_PATHS` (``POST /admin/forget``) instead:
-  401 with another key (the scoring key included), 403 when no admin key is configured;
+- requires the separate admin key on ``ADMIN_PATHS`` (``POST /admin/forget``) instead: 401
+  without credentials or with another key (the scoring key included), 403 to credentials
+  when no admin key is configured;
 - refuses a body over the cap with 413 (from ``Content-Length`` before reading, or while
   streaming a chunked body) and a non-JSON ``POST`` with 415;
 - answers 429 at once over ``max_concurrency`` requests in flight, and 504 to a request not
@@ -34,7 +35,7 @@ import re
 from collections.abc import Callable
 from http import HTTPStatus
 
-from serving.openapi import HEALTH_PATHS, UNLIMITED_PATHS, allowed_methods
+from serving.openapi import ADMIN_PATHS, HEALTH_PATHS, UNLIMITED_PATHS, allowed_methods
 
 logger = logging.getLogger("omniscore.serving")
 OPEN_PATHS = HEALTH_PATHS
@@ -42,8 +43,6 @@ JSON_TYPES = ("application/json",)
 SERVER_FAILED = "the server failed to handle the request; see its log"
 GUARD_PATHS = {"/docs": frozenset({"GET", "HEAD"}), "/docs.json": frozenset({"GET", "HEAD"})}
 """Paths this middleware answers itself that the OpenAPI document does not list."""
-ADMIN_PATHS = frozenset({"/admin/forget"})
-"""Paths that need the admin key (``OMNISCORE_ADMIN_KEY``), never the scoring key."""
 _ERROR_CODE = re.compile(r"^[a-z][a-z0-9_]*$")
 _SERVER_PATH = re.compile(
     r"""(?:file:|[A-Za-z]:\\|~/)[^\s'"]*"""  # file: URIs, Windows and home-relative paths
@@ -169,11 +168,14 @@ class Guard:
             await self._readyz(send)
             return
         if path in ADMIN_PATHS:
-            if self.admin_key is None:
+            credentials = headers.get(b"authorization")
+            # Missing credentials are a 401 whatever the configuration (RFC 9110); sent ones
+            # cannot be checked without an admin key, so the endpoint is refused.
+            if self.admin_key is None and credentials:
                 message = "admin endpoints are off: set OMNISCORE_ADMIN_KEY to enable them"
                 await _send_json(send, 403, json_body("forbidden", message))
                 return
-            if not authorized(headers.get(b"authorization"), self.admin_key):
+            if self.admin_key is None or not authorized(credentials, self.admin_key):
                 message = "missing or wrong admin key: send 'Authorization: Bearer <admin key>'"
                 await _send_json(
                     send,

@@ -80,11 +80,18 @@ ERROR_DESCRIPTIONS = {
 REPLACED_ERROR_SCHEMAS = ("InvalidArgument", "NotFound", "InternalServerError")
 """BentoML's error components, which describe bodies the service does not send."""
 HEALTH_PATHS = frozenset({"/healthz", "/livez", "/readyz"})
+ADMIN_PATHS = frozenset({"/admin/forget"})
+"""Paths that need the admin key (``OMNISCORE_ADMIN_KEY``), never the scoring key."""
 UNLIMITED_PATHS = frozenset({*HEALTH_PATHS, "/metrics"})
 """Paths outside the concurrency limit and the request deadline (probes and scrapes)."""
 SECURITY_SCHEME = "apiKey"
+ADMIN_SECURITY_SCHEME = "adminKey"
 HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
 _REF = "#/components/schemas/{}"
+
+
+def _bearer(description: str) -> dict:
+    return {"type": "http", "scheme": "bearer", "description": description}
 
 
 def _error_response(status: int, description: str | None = None) -> dict:
@@ -105,7 +112,8 @@ def published_document(
     - every error response of every operation refers to :data:`ERROR_SCHEMA`, and each lists
       the statuses the service can answer there: 500 everywhere; 400 where a parameter or a
       body is read, 413 and 415 where a body is; 401 (and the bearer security requirement)
-      when ``secured``; 429, 503 and 504 outside the probes;
+      when ``secured``, and always on :data:`ADMIN_PATHS` (their own admin key); 429, 503
+      and 504 outside the probes;
     - ``/readyz`` documents its 503 and its JSON body;
     - a response body given inline as a copy of a component refers to the component, which
       keeps ``null`` for optional fields;
@@ -119,12 +127,6 @@ def published_document(
         schemas.pop(name, None)
     schemas[ERROR_SCHEMA_NAME] = ERROR_SCHEMA
     schemas["Readiness"] = READINESS_SCHEMA
-    if secured:
-        components.setdefault("securitySchemes", {})[SECURITY_SCHEME] = {
-            "type": "http",
-            "scheme": "bearer",
-            "description": "The service's API key (OMNISCORE_API_KEY) as a bearer token.",
-        }
     extra_responses = extra_responses or {}
     for path, item in doc.get("paths", {}).items():
         for method, operation in item.items():
@@ -147,7 +149,10 @@ def published_document(
                 _require_body_with_required_fields(operation["requestBody"], schemas)
             if path not in UNLIMITED_PATHS:
                 statuses |= {429, 503, 504}
-            if secured and path not in HEALTH_PATHS:
+            if path in ADMIN_PATHS:
+                statuses.add(401)
+                operation["security"] = [{ADMIN_SECURITY_SCHEME: []}]
+            elif secured and path not in HEALTH_PATHS:
                 statuses.add(401)
                 operation["security"] = [{SECURITY_SCHEME: []}]
             for status in sorted(statuses):
@@ -155,6 +160,15 @@ def published_document(
             for status, description in extra_responses.get((path, method), {}).items():
                 responses[str(status)] = _error_response(status, description)
             operation["responses"] = dict(sorted(responses.items()))
+    schemes = {}
+    if secured:
+        schemes[SECURITY_SCHEME] = _bearer("The API key (OMNISCORE_API_KEY) as a bearer token.")
+    if ADMIN_PATHS & set(doc.get("paths", {})):
+        schemes[ADMIN_SECURITY_SCHEME] = _bearer(
+            "The admin key (OMNISCORE_ADMIN_KEY) as a bearer token; the API key is refused."
+        )
+    if schemes:
+        components.setdefault("securitySchemes", {}).update(schemes)
     readyz = doc.get("paths", {}).get("/readyz", {}).get("get")
     if readyz is not None:
         body = {"application/json": {"schema": {"$ref": _REF.format("Readiness")}}}

@@ -25,9 +25,10 @@ from training_home import copy_home
 
 from serving.guard import Guard, as_json_error, redact_paths
 from serving.launcher import start_server
-from serving.openapi import allowed_methods, published_document
+from serving.openapi import ADMIN_PATHS, allowed_methods, published_document
 
 API_KEY = "contract-key-0123456789abcdef"
+ADMIN_KEY = "contract-admin-0123456789abcdef"
 MAX_IDS = 20
 """A small cap keeps fuzzed /score requests (up to MAX_IDS ids, explained) cheap."""
 MAX_EXAMPLES = 25
@@ -241,6 +242,36 @@ def test_the_guard_refuses_undocumented_methods_and_hides_crashes():
     }
 
 
+def test_admin_paths_need_their_own_key_documented_and_enforced():
+    import anyio
+
+    spec = {"paths": {"/admin/forget": {"post": {"responses": {200: {"description": "ok"}}}}}}
+    doc = published_document(spec, secured=False)
+    forget = doc["paths"]["/admin/forget"]["post"]
+    assert forget["security"] == [{"adminKey": []}] and "401" in forget["responses"]
+    assert doc["components"]["securitySchemes"]["adminKey"]["scheme"] == "bearer"
+
+    async def ok_app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    def answers(admin_key):
+        async def scenario():
+            guard = Guard(ok_app, api_key=None, max_body_bytes=1024, admin_key=admin_key)
+            transport = httpx.ASGITransport(app=guard)
+            async with httpx.AsyncClient(transport=transport, base_url="http://g") as client:
+                return [
+                    (await client.post("/admin/forget", json={}, headers=headers)).status_code
+                    for headers in ({}, {"Authorization": f"Bearer {ADMIN_KEY}"})
+                ]
+
+        return anyio.run(scenario)
+
+    # Without credentials 401 always; credentials with no admin key configured: 403.
+    assert answers(None) == [401, 403]
+    assert answers(ADMIN_KEY) == [401, 200]
+
+
 # --- the service over HTTP ----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def contract_home(serving_home, tmp_path_factory):
@@ -250,7 +281,12 @@ def contract_home(serving_home, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(contract_home):
-    options = {"reload_interval": 0, "max_ids": MAX_IDS, "max_body_bytes": 64 * 1024}
+    options = {
+        "reload_interval": 0,
+        "max_ids": MAX_IDS,
+        "max_body_bytes": 64 * 1024,
+        "admin_key": ADMIN_KEY,
+    }
     with start_server(contract_home, api_key=API_KEY, options=options) as handle:
         yield handle
 
@@ -265,7 +301,9 @@ def document(server) -> dict:
 @pytest.fixture(scope="module")
 def api_schema(server):
     """The served document, loaded by schemathesis: every check on, a fixed seed, a bounded
-    number of cases, the API key on every request (``ignored_auth`` drops it on purpose)."""
+    number of cases, the API key on every request and the admin key on the admin paths
+    (``ignored_auth`` and ``missing_required_header`` drop them on purpose)."""
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
     config = SchemathesisConfig.from_dict(
         {
             "seed": 20261130,
@@ -274,6 +312,7 @@ def api_schema(server):
             "request-timeout": 60,
             "generation": {"max-examples": MAX_EXAMPLES},
             "checks": {"enabled": True},
+            "operations": [{"include-path": path, "headers": admin} for path in ADMIN_PATHS],
         }
     )
     return schemathesis.openapi.from_url(
@@ -318,6 +357,8 @@ def test_the_document_lists_every_endpoint_and_one_error_shape(document):
                     assert body == {"$ref": "#/components/schemas/Error"}, (method, path, status)
             if path not in ("/healthz", "/livez", "/readyz"):
                 assert "401" in operation["responses"] and operation["security"], (method, path)
+    for path in ADMIN_PATHS & set(paths):
+        assert paths[path]["post"]["security"] == [{"adminKey": []}]
 
 
 @pytest.mark.slow
