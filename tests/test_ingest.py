@@ -550,6 +550,23 @@ def test_identical_lines_are_distinct_events_and_reingest_adds_nothing(settings,
     assert (stored(settings)["amount"] == 4.5).sum() == 4
 
 
+def test_an_export_of_the_generated_sparse_log_ingests_to_the_same_events(settings, tmp_path):
+    from data_layer.synthetic import generate, write_generated
+
+    world = generate(400, 730, seed=21, profile="sparse-retail")
+    write_generated(settings, world)
+    export = world.events.to_pandas()[
+        ["customer_id", "event_timestamp", "channel", "event_type", "amount"]
+    ].sample(frac=1, random_state=1)  # in any line order
+    assert export.duplicated().sum() > 0 and (export["amount"] == 0).any()
+    path = tmp_path / "export.csv"
+    export.to_csv(path, index=False)
+    report = ingest_file(settings, path, IngestMapping())
+    # Identical lines and $0 orders included, every line is an event the generator stored.
+    assert (report.accepted, report.duplicates, report.quarantined) == (0, len(export), 0)
+    assert report.notes[NOTE_IDENTICAL_LINES] == export.duplicated().sum()
+
+
 def test_a_source_event_id_column_is_honoured(settings, tmp_path):
     path = write_text(
         tmp_path / "orders.csv",
