@@ -637,25 +637,53 @@ def test_a_log_without_amounts_is_accepted_when_the_mapping_says_so(settings, tm
     assert pd.isna(snaps.loc["k2", "app_revenue_90d"]) and snaps.loc["k1", "app_revenue_90d"] == 0
 
 
-def test_old_stores_of_16_digit_ids_are_migrated_on_first_write(settings, tmp_path):
-    path = write_text(tmp_path / "till.csv", REPEATS_CSV)
+def make_legacy_store(settings: Settings, path: Path, client_id: str | None = None) -> set[str]:
+    """Ingest ``path``, then rewrite the store as the code before issue 12 left it (16-digit
+    ids, no marker file); ``client_id`` replaces the last id, as a live client's own id would.
+    Returns the 128-bit ids ingest gave."""
     ingest_file(settings, path, IngestMapping())
     new_ids = set(read_events(settings)["event_id"])
-    # Rewrite the store as the code before issue 12 left it: 16-digit ids, no marker file.
     table = pq.read_table(list(settings.events_dir.glob("*.parquet"))[0])
     legacy = [i[:16] for i in table.column("event_id").to_pylist()]
+    if client_id is not None:
+        new_ids.discard(table.column("event_id")[-1].as_py())
+        new_ids.add(client_id)
+        legacy[-1] = client_id
     table = table.set_column(0, "event_id", pa.array(legacy, pa.string()))
     for old in settings.events_dir.glob("*.parquet"):
         old.unlink()
     (settings.events_dir / ID_MARKER).unlink()
     pq.write_table(table, settings.events_dir / "batch-legacy.parquet")
     assert not event_ids_current(settings)
+    return new_ids
+
+
+def test_old_stores_of_16_digit_ids_are_migrated_on_first_write(settings, tmp_path):
+    path = write_text(tmp_path / "till.csv", REPEATS_CSV)
+    new_ids = make_legacy_store(settings, path)
 
     # Re-ingesting the file migrates the store first, so it still adds nothing.
     report = ingest_file(settings, path, IngestMapping())
     assert (report.accepted, report.duplicates) == (0, 5)
     assert set(read_events(settings)["event_id"]) == new_ids
     assert event_ids_current(settings) and migrate_event_ids(settings) == 0
+
+
+def test_cli_migrate_event_ids_keeps_ids_a_client_chose(settings, tmp_path):
+    from typer.testing import CliRunner
+
+    from omniscore.cli import app
+
+    path = write_text(tmp_path / "till.csv", REPEATS_CSV)
+    expected = make_legacy_store(settings, path, client_id="0123456789abcdef")
+    runner = CliRunner()
+    result = runner.invoke(app, ["migrate-event-ids", "--home", str(settings.home)])
+    assert result.exit_code == 0, result.output
+    assert "4 event ids widened to 128 bits" in result.output
+    assert set(read_events(settings)["event_id"]) == expected
+    assert not list(settings.events_dir.glob("*.legacy"))
+    result = runner.invoke(app, ["migrate-event-ids", "--home", str(settings.home)])
+    assert "nothing to migrate" in result.output
 
 
 # --- whole-file errors ------------------------------------------------------------------------
