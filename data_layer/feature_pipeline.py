@@ -455,8 +455,11 @@ def compute_snapshots(
     ``events`` is canonical events (a frame, an Arrow table, or a DuckDB relation expression
     such as ``read_parquet([...])``; only ``customer_id``, ``event_timestamp``, ``channel``,
     ``event_type``, ``family``, ``amount``, ``session_id`` and ``rating`` are read);
-    ``customers`` the profile table. ``times`` are any instants (microsecond resolution). A
-    customer appears at T when they signed up before T or have any event before T. Returns
+    ``customers`` the profile table: with several versions of a customer's row, each with its
+    ``valid_from``, a snapshot at T takes the latest version valid strictly before T
+    (:func:`data_layer.event_store.profile_at`). ``times`` are any instants (microsecond
+    resolution). A customer appears at T when they signed up (earliest signup of their rows)
+    before T or have any event before T. Returns
     ``customer_id``, ``event_timestamp`` (= T, UTC) and the features in catalog order.
     ``connection`` reuses a caller's DuckDB connection (the live path's per-call overhead);
     its temporary tables are dropped again before returning.
