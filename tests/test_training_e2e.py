@@ -91,7 +91,7 @@ def test_registered_version_alias_and_the_serving_loader(home, trained):
     p = model.predict_proba(rows)
     assert p.shape == (len(rows),) and ((p > 0) & (p < 1)).all()
     contrib = model.contributions(rows.head(50))
-    assert contrib.shape == (50, 113)
+    assert contrib.shape == (50, 123)
     assert np.allclose(contrib.sum(axis=1), model.raw_score(rows.head(50)), atol=1e-6)
     pct = model.score_percentile(p)
     assert ((pct >= 0) & (pct <= 100)).all() and np.corrcoef(p, pct)[0, 1] > 0.9
