@@ -278,7 +278,11 @@ class Settings:
         cls, home: str | os.PathLike | None = None, env: Mapping[str, str] | None = None
     ) -> Settings:
         """Settings from the environment and the home's profile; ``home`` overrides
-        ``$OMNISCORE_HOME``. ``env`` defaults to ``os.environ``."""
+        ``$OMNISCORE_HOME``. ``env`` defaults to ``os.environ``.
+
+        Also makes this process's feature catalog the home's: the built-in features plus the
+        extra profile features the home declares (``omniscore ingest-customers``;
+        :func:`feature_repo.catalog.use_profile_extras`)."""
         env = os.environ if env is None else env
         root = Path(home or env.get("OMNISCORE_HOME") or DEFAULT_HOME).resolve()
         path = Path(env["OMNISCORE_PROFILE"]) if env.get("OMNISCORE_PROFILE") else None
