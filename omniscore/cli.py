@@ -189,6 +189,13 @@ def ingest(
         typer.Option("--unknown-to-other/--reject-unknown", help="Map unknown types to other."),
     ] = None,
     base_currency: Annotated[str | None, typer.Option(help="Currency amounts convert to.")] = None,
+    amounts: Annotated[
+        str | None,
+        typer.Option(help="required, or none for a log without revenue (revenue features null)."),
+    ] = None,
+    event_id_column: Annotated[
+        str | None, typer.Option(help="Column holding the source's own event id.")
+    ] = None,
     home: HomeOption = None,
 ) -> None:
     """Validate and add your own event log; rejected rows go to quarantine with a reason."""
@@ -205,6 +212,8 @@ def ingest(
             default_event_type=default_event_type,
             unknown_to_other=unknown_to_other,
             base_currency=base_currency,
+            amounts=amounts,
+            event_id_column=event_id_column,
         )
         report = ingest_file(settings, file, rules, file_format=file_format)
     except (ValueError, FileNotFoundError) as error:

@@ -623,6 +623,15 @@ def test_a_log_without_amounts_is_accepted_when_the_mapping_says_so(settings, tm
     assert stored(settings)["amount"].isna().all()
     with pytest.raises(ValueError, match="amounts 'some' must be one of"):
         IngestMapping(amounts="some").validate()
+    # The same from the command line, into another home.
+    from typer.testing import CliRunner
+
+    from omniscore.cli import app
+
+    home = str(tmp_path / "cli-home")
+    result = CliRunner().invoke(app, ["ingest", str(path), "--amounts", "none", "--home", home])
+    assert result.exit_code == 0, result.output
+    assert "3 rows read → 3 accepted" in result.output
 
     # Revenue features are missing, not zero; counts still count.
     from data_layer.feature_pipeline import compute_snapshots
