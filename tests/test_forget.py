@@ -341,12 +341,12 @@ def test_forget_on_redis_and_postgres(copy_world, tmp_path, services, postgres_d
     materialize(settings)
     erased = pick_customers(settings, 3)
     kept = next(c for c in ("C000001", "C000002", "C000003", "C000004") if c not in erased)
-    # Stream entries about them, one delivered to a consumer and left pending.
+    # Stream entries about them and another customer, delivered and left pending.
     stream = settings.stream_name
     for customer in (*erased, kept):
         client.xadd(stream, {b"event": json.dumps(live_event(customer)).encode()})
     client.xgroup_create(stream, "scorers", id="0")
-    client.xreadgroup("scorers", "dead-consumer", {stream: ">"}, count=2)
+    client.xreadgroup("scorers", "dead-consumer", {stream: ">"}, count=4)
     now = pd.Timestamp("2026-06-29T12:00:00Z")
     with LiveState.open(settings) as state:
         accept_events(settings, [live_event(c) for c in erased], now, state)
