@@ -845,3 +845,23 @@ def test_one_purchase_day_has_no_usual_gap() -> None:
     assert one["purchases_lifetime"] == 1 and one["purchase_days_lifetime"] == 1
     assert pd.isna(one["purchase_gap_mean_days"]) and pd.isna(one["purchase_gap_std_days"])
     assert pd.isna(one["purchase_recency_ratio"])
+
+
+def test_default_snapshot_range_covers_the_whole_history(tmp_path) -> None:
+    from data_layer.feature_pipeline import default_snapshot_range
+
+    settings = Settings.from_env(tmp_path, env={})
+    settings.ensure_dirs()
+    events = [
+        _ev("K", "2024-01-10 08:00", "store", "purchase", 10.0),  # the oldest event
+        _ev("K", "2025-03-05 17:30", "store", "purchase", 20.0),  # the newest: end 2025-03-06
+    ]
+    write_events(settings, to_canonical_table(pd.DataFrame(events)))
+    start, end = default_snapshot_range(settings)
+    assert end == pd.Timestamp("2025-03-06", tz="UTC")
+    # Weekly back from the end, the earliest instant after 2024-01-10 08:00 is 2024-01-11
+    # (60 weeks before the end): 61 snapshots, none of them before any event.
+    assert start == pd.Timestamp("2024-01-11", tz="UTC")
+    assert len(snapshot_times(start, end, "7D")) == 61
+    # A number of weeks still caps it.
+    assert default_snapshot_range(settings, weeks=4) == (end - pd.Timedelta(weeks=3), end)
