@@ -10,18 +10,20 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
+import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from feast import FeatureService, FeatureStore, FeatureView, RepoConfig
 from feast.types import Float64
 
 from data_layer import online_format
 from data_layer.live_state import LiveState
+from data_layer.partitioned_build import bucket_sql
 from data_layer.settings import FEATURE_REPO_DIR, Settings, redact
 from feature_repo.data_sources import snapshot_path
 from feature_repo.feature_views import TTLS
@@ -252,26 +254,48 @@ class MaterializeReport:
         return out
 
 
-def latest_snapshots(path, columns: list[str], after: datetime | None, end: datetime) -> pa.Table:
-    """The latest snapshot per customer with ``after < event_timestamp <= end``.
+def latest_snapshots(
+    path,
+    columns: list[str],
+    after: datetime | None,
+    end: datetime,
+    bucket: tuple[int, int] | None = None,
+) -> pa.Table:
+    """The latest snapshot per customer with ``after < event_timestamp <= end``, by customer.
 
     Ties on the event timestamp go to the newest ``created_timestamp``, as in Feast's own
     materialization. The result holds ``columns`` (customer id and timestamps included).
+    ``bucket`` ``(b, n)`` keeps only the customers of hash bucket ``b`` of ``n``
+    (:func:`data_layer.partitioned_build.bucket_sql`). DuckDB streams the file through the
+    filter and keeps one row per customer (spilling to disk past its memory limit), so memory
+    holds the result, not every snapshot of the file.
     """
-    ts_type = pa.timestamp("us", tz="UTC")
-    filters = [(TIMESTAMP, "<=", pa.scalar(end, type=ts_type))]
+    where = [f"{TIMESTAMP} <= $end"]
+    params = {"end": _as_utc(end)}
     if after is not None:
-        filters.append((TIMESTAMP, ">", pa.scalar(after, type=ts_type)))
-    table = pq.read_table(path, columns=columns, filters=filters)
-    if table.num_rows == 0:
-        return table
-    table = table.sort_by(
-        [(JOIN_KEY, "ascending"), (TIMESTAMP, "descending"), (CREATED, "descending")]
-    )
-    ids = table.column(JOIN_KEY).combine_chunks()
-    first = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1))
-    keep = pa.concat_arrays([pa.array([True]), first.fill_null(True)])
-    return table.filter(keep)
+        where.append(f"{TIMESTAMP} > $after")
+        params["after"] = _as_utc(after)
+    if bucket is not None:
+        index, count = bucket
+        where.append(f"{bucket_sql(JOIN_KEY, count)} = {int(index)}")
+    listing = ", ".join(f'"{c}"' for c in columns)
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        table = con.execute(
+            f"""
+            SELECT {listing} FROM read_parquet('{Path(path).as_posix()}')
+            WHERE {" AND ".join(where)}
+            QUALIFY row_number() OVER (
+                PARTITION BY {JOIN_KEY} ORDER BY {TIMESTAMP} DESC, {CREATED} DESC) = 1
+            ORDER BY {JOIN_KEY}
+            """,
+            params,
+        ).to_arrow_table()
+    finally:
+        con.close()
+    schema = pq.read_schema(path)
+    return table.cast(pa.schema([schema.field(c) for c in columns]))
 
 
 def materialize(

@@ -710,6 +710,24 @@ def default_snapshot_range(
     return end - pd.Timedelta(weeks=count - 1), end
 
 
+def build_times(
+    settings: Settings,
+    start: datetime | str | None = None,
+    end: datetime | str | None = None,
+    every: str = "7D",
+    at: Sequence[datetime | str | pd.Timestamp] = (),
+) -> list[pd.Timestamp]:
+    """The snapshot instants of a build (see :func:`build_features`; any engine)."""
+    times = snapshot_instants(at)
+    if start is not None or end is not None or not times:
+        if start is None or end is None:
+            default_start, default_end = default_snapshot_range(settings)
+            start = start or default_start
+            end = end or default_end
+        times = sorted(set(times) | set(snapshot_times(start, end, every)))
+    return times
+
+
 def build_features(
     settings: Settings,
     start: datetime | str | None = None,
@@ -731,13 +749,7 @@ def build_features(
     from data_layer.partitioned_build import build_partitioned, partition_count
 
     began = time.perf_counter()
-    times = snapshot_instants(at)
-    if start is not None or end is not None or not times:
-        if start is None or end is None:
-            default_start, default_end = default_snapshot_range(settings)
-            start = start or default_start
-            end = end or default_end
-        times = sorted(set(times) | set(snapshot_times(start, end, every)))
+    times = build_times(settings, start, end, every, at)
     partitions = partition_count(settings, len(times))
     if partitions > 1:
         # Past the memory budget: customers in hash buckets, one at a time (same rows).

@@ -280,16 +280,28 @@ def features_build(
             help="A snapshot instant, e.g. 2026-06-03T14:25:00Z (repeatable; alone, only these).",
         ),
     ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="embedded (this process; partitioned past OMNISCORE_BUILD_MEMORY_MB) or "
+            "spark (OMNISCORE_SPARK_MASTER; needs the spark extra and Java)."
+        ),
+    ] = "embedded",
     home: HomeOption = None,
 ) -> None:
     """Compute point-in-time snapshots: at each T, only events strictly before T."""
     from data_layer.feature_pipeline import build_features
 
+    if engine not in ENGINES:
+        _fail(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     settings = _settings(home)
     try:
-        with console.status("building feature snapshots"):
-            report = build_features(settings, start, end, every, at=at or ())
-    except (ValueError, FileNotFoundError) as error:
+        with console.status(f"building feature snapshots ({engine})"):
+            if engine == "spark":
+                report = _build_on_spark(settings, start, end, every, at or ())
+            else:
+                report = build_features(settings, start, end, every, at=at or ())
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
         _fail(str(error))
     console.print(
         _table(
@@ -305,6 +317,31 @@ def features_build(
                 ("seconds", f"{report.seconds:.1f}"),
             ],
         )
+    )
+
+
+ENGINES = ("embedded", "spark")
+"""Where ``features build`` and ``score-batch`` run (issue 15)."""
+
+
+def _build_on_spark(settings, start, end, every, at):
+    """``features build --engine spark``: the same snapshot instants as the embedded build."""
+    from data_layer.feature_pipeline import BuildReport, build_times
+    from data_layer.spark_engine import build_features_spark
+
+    times = build_times(settings, start, end, every, at)
+    built = build_features_spark(settings, times)
+    for stage in built.stages:
+        console.print(
+            f"spark stage {stage['stage']}: {stage['tasks']} tasks, {stage['seconds']:.1f} s"
+        )
+    return BuildReport(
+        snapshots=times,
+        rows=built.rows,
+        customers=built.customers,
+        seconds=built.seconds,
+        files=built.files,
+        partitions=built.partitions,
     )
 
 
@@ -744,13 +781,30 @@ def score_batch(
         "scores.parquet"
     ),
     explain: Annotated[bool, typer.Option(help="Add per-customer reasons (slower).")] = False,
+    engine: Annotated[
+        str, typer.Option(help="embedded (this process) or spark (OMNISCORE_SPARK_MASTER).")
+    ] = "embedded",
     home: HomeOption = None,
 ) -> None:
     """Score every customer of the latest offline snapshot with the champions."""
     from serving.batch import score_batch as run_batch
 
+    if engine not in ENGINES:
+        _fail(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     settings = _settings(home)
-    report = run_batch(settings, out, explain=explain)
+    if engine == "spark":
+        from serving.spark_batch import score_batch_spark
+
+        try:
+            report, stages = score_batch_spark(settings, out, explain=explain)
+        except RuntimeError as error:
+            _fail(str(error))
+        for stage in stages:
+            console.print(
+                f"spark stage {stage['stage']}: {stage['tasks']} tasks, {stage['seconds']:.1f} s"
+            )
+    else:
+        report = run_batch(settings, out, explain=explain)
     console.print(
         f"scored {report.customers:,} customers ({report.known:,} known) → {report.out} in "
         f"{report.seconds:.2f} s ({report.customers_per_second:,.0f} customers/s); "

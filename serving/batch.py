@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,19 +64,23 @@ class BatchReport:
 
 
 def offline_batch(
-    settings: Settings, layout: FeatureLayout, as_of: datetime | None = None
+    settings: Settings,
+    layout: FeatureLayout,
+    as_of: datetime | None = None,
+    bucket: tuple[int, int] | None = None,
 ) -> FeatureBatch:
     """Every customer's latest snapshot of each view at or before ``as_of`` (default now).
 
     Customers are sorted by id; one absent from a view has missing values and timestamp
-    there, exactly as the online store would answer for them.
+    there, exactly as the online store would answer for them. ``bucket`` ``(b, n)`` takes
+    only the customers of hash bucket ``b`` of ``n``, reading only their rows.
     """
     end = as_of or datetime.now(UTC)
     tables = {}
     for view, names in layout.views.items():
         columns = [JOIN_KEY, TIMESTAMP, CREATED, *names]
         tables[view] = latest_snapshots(
-            snapshot_path(settings.features_dir, view), columns, None, end
+            snapshot_path(settings.features_dir, view), columns, None, end, bucket
         )
     ids = pa.chunked_array(
         [t.column(JOIN_KEY).combine_chunks() for t in tables.values()], type=pa.string()
@@ -120,6 +125,87 @@ def score_frame(models: ModelSet, batch: FeatureBatch, explain: bool = False) ->
     return pa.concat_tables(parts)
 
 
+def batch_partition_count(settings: Settings, layout: FeatureLayout) -> int:
+    """Customer buckets that keep one bucket's snapshots (every instant, uncompressed) and
+    its feature batch under the build memory budget (``OMNISCORE_BUILD_MEMORY_MB``)."""
+    total = 0
+    for view in layout.views:
+        path = snapshot_path(settings.features_dir, view)
+        if path.exists():
+            meta = pq.ParquetFile(path).metadata
+            total += sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
+    # Arrow's sort and pandas copies hold about three times the uncompressed rows.
+    room = settings.build_memory_mb * 2**20 // 3
+    return max(1, -(-3 * total // room))
+
+
+def score_partition(
+    settings: Settings,
+    models: ModelSet,
+    end: datetime,
+    bucket: tuple[int, int] | None,
+    explain: bool = False,
+) -> pa.Table:
+    """Scores of one customer bucket (all customers when ``bucket`` is None): the unit of
+    work of the partitioned and the Spark batch (:func:`serving.spark_batch.score_batch_spark`)."""
+    return score_frame(models, offline_batch(settings, models.layout, end, bucket), explain)
+
+
+def score_batch_partitioned(
+    settings: Settings,
+    out: Path,
+    models: ModelSet,
+    end: datetime,
+    partitions: int,
+    explain: bool = False,
+    record: Callable[[pa.Table], object] | None = None,
+) -> BatchReport:
+    """:func:`score_batch` one customer bucket at a time, appending each bucket's scores to
+    ``out``: memory holds one bucket's snapshots, not the store's. Rows are sorted by
+    customer within each bucket. ``record`` receives each bucket's scores (the score log)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    writer = None
+    customers = known = 0
+    seconds = {"read": 0.0, "score": 0.0, "write": 0.0}
+    try:
+        for index in range(partitions):
+            began = time.perf_counter()
+            batch = offline_batch(settings, models.layout, end, (index, partitions))
+            read = time.perf_counter()
+            table = score_frame(models, batch, explain=explain)
+            scored = time.perf_counter()
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
+            if table.num_rows:
+                writer.write_table(table)
+                if record is not None:
+                    record(table)
+            customers += len(batch)
+            known += int(batch.known.sum())
+            seconds["read"] += read - began
+            seconds["score"] += scored - read
+            seconds["write"] += time.perf_counter() - scored
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    writer.close()
+    tmp.replace(out)
+    return BatchReport(
+        out=str(out),
+        customers=customers,
+        known=known,
+        versions=models.versions,
+        as_of=end.isoformat(),
+        read_seconds=round(seconds["read"], 3),
+        score_seconds=round(seconds["score"], 3),
+        write_seconds=round(seconds["write"], 3),
+    )
+
+
 def score_batch(
     settings: Settings,
     out: Path,
@@ -139,6 +225,10 @@ def score_batch(
     """
     end = as_of or datetime.now(UTC)
     models = models or load_model_set(settings, feature_store(settings))
+    partitions = batch_partition_count(settings, models.layout)
+    if partitions > 1:
+        record = (lambda part: record_batch(settings, part, end)) if log_scores else None
+        return score_batch_partitioned(settings, out, models, end, partitions, explain, record)
     started = time.perf_counter()
     batch = offline_batch(settings, models.layout, end)
     read = time.perf_counter()
