@@ -124,6 +124,16 @@ def _write_atomic(path: Path, text: str) -> None:
 _suppression_cache: dict[Path, tuple[tuple[int, int], frozenset[str]]] = {}
 
 
+def suppression_stamp(settings: Settings) -> tuple[int, int] | None:
+    """A value that changes whenever the suppression list changes (None: no list yet); a
+    cache of features compares it to drop what it holds after another process's erasure."""
+    try:
+        stat = os.stat(privacy_dir(settings) / SUPPRESSION_NAME)
+    except FileNotFoundError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
 def suppressed_hashes(settings: Settings) -> frozenset[str]:
     """The suppression list (keyed hashes); re-read only when the file changed."""
     path = privacy_dir(settings) / SUPPRESSION_NAME

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from data_layer import live_segment
+from data_layer import erasure, live_segment
 from data_layer.feature_pipeline import HISTORY_NEEDED
 from data_layer.settings import Settings
 from feature_repo.catalog import (
@@ -126,6 +126,7 @@ class LiveFeatures:
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
         self._seq = live_segment.last_seq(settings)
+        self._erasures = erasure.suppression_stamp(settings)
         self._numeric_index = {n: i for i, n in enumerate(NUMERIC)}
         self._linear_index = np.array([self._numeric_index[n] for n in LINEAR], dtype=np.int64)
         self._layouts: dict[tuple[str, ...], tuple] = {}
@@ -145,7 +146,12 @@ class LiveFeatures:
             self._entries.clear()
 
     def sync(self) -> None:
-        """Forget customers whose events other processes stored since the last look."""
+        """Forget customers whose events other processes stored since the last look, and
+        everything once another process erased customers (``omniscore forget``)."""
+        stamp = erasure.suppression_stamp(self.settings)
+        if stamp != self._erasures:
+            self.clear()  # the list holds keyed hashes: which entries are theirs is unknown
+            self._erasures = stamp
         seq, customers = live_segment.customers_since(self.settings, self._seq)
         if seq == self._seq:
             return
