@@ -825,6 +825,8 @@ class OmniScore:
             )
             if self.live_features is not None:
                 self.live_features.invalidate(customer_ids)
+            if self.triggers is not None:  # their score-change state and messages too
+                self.triggers.publisher.forget(customer_ids)
         return receipt.as_dict()
 
     @bentoml.api(route="/admin/forget", input_spec=ForgetRequest, output_spec=ForgetResponse)
@@ -837,6 +839,8 @@ class OmniScore:
 
         try:
             receipt = await anyio.to_thread.run_sync(self.forget, customer_ids)
+        except ValueError as exc:  # an id that is only blanks
+            return _error(400, "bad_request", str(exc))
         except Exception as exc:
             logger.exception("the requested erasure failed part-way; it can be sent again")
             return _error(503, "forget_failed", f"erasure failed: {_failure(exc)}")
