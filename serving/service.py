@@ -825,8 +825,6 @@ class OmniScore:
             )
             if self.live_features is not None:
                 self.live_features.invalidate(customer_ids)
-            if self.triggers is not None:  # their score-change state and messages too
-                self.triggers.publisher.forget(customer_ids)
         return receipt.as_dict()
 
     @bentoml.api(route="/admin/forget", input_spec=ForgetRequest, output_spec=ForgetResponse)
