@@ -871,6 +871,46 @@ def forget(
 
 
 @app.command()
+def backtest(
+    model: Annotated[str, typer.Argument(help="propensity or churn.")],
+    version: Annotated[
+        str | None, typer.Option(help="Only this version (default: every logged one).")
+    ] = None,
+    source: Annotated[
+        str, typer.Option(help="auto (the score log, else past snapshots), score_log, snapshots.")
+    ] = "auto",
+    snapshots: Annotated[int, typer.Option(help="Past snapshots to score without a log.")] = 4,
+    out: Annotated[
+        Path | None, typer.Option(help="Report folder (default <home>/reports/backtest-MODEL).")
+    ] = None,
+    home: HomeOption = None,
+) -> None:
+    """Check issued scores against what the customers then did: AUC, PR-AUC, lift, rate
+    per band, calibration and a 0-100 quality, per version and segment (docs/monitoring.md)."""
+    from training.backtest import backtest as run_backtest
+
+    if source not in ("auto", "score_log", "snapshots"):
+        _fail(f"--source must be auto, score_log or snapshots, not {source!r}")
+    settings = _settings(home)
+    try:
+        result = run_backtest(
+            settings, model, out=out, version=version, snapshots=snapshots, source=source
+        )
+    except (ValueError, LookupError) as error:
+        _fail(f"{model}: {error}")
+    for v, bt in result.versions.items():
+        m = bt.metrics
+        console.print(
+            f"{result.model} v{v} ({result.source}, cutoffs {', '.join(bt.cutoffs)}): "
+            f"quality {m['quality']:.0f}/100, AUC {m['auc']:.3f}, PR-AUC {m['pr_auc']:.3f}, "
+            f"realized rate {m['positive_rate']:.3f} vs predicted {m['predicted_rate']:.3f}, "
+            f"label-free AUC estimate {m['expected_auc']:.3f}, {m['n']:.0f} scores",
+            soft_wrap=True,
+        )
+    console.print(f"report: {result.report}  (MLflow run {result.run_id})", soft_wrap=True)
+
+
+@app.command()
 def doctor(home: HomeOption = None) -> None:
     """Show each component's backend and whether it answers (credentials redacted)."""
     from omniscore.doctor import doctor as run_checks

@@ -1,0 +1,97 @@
+"""Backtests: the label-free AUC estimate, the quality score, and a backtest of a served
+champion from the score log and from past snapshots (real Feast, MLflow, event store)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+from training_home import copy_home
+
+from training.backtest import BACKTEST_TAG, expected_auc, quality_score
+
+
+def test_expected_auc_is_the_mean_auc_of_outcomes_drawn_from_the_probabilities():
+    rng = np.random.default_rng(3)
+    p = rng.beta(1.2, 6.0, size=4000)
+    realized = [roc_auc_score(rng.random(p.size) < p, p) for _ in range(40)]
+    assert expected_auc(p) == pytest.approx(np.mean(realized), abs=0.005)
+    # Ties count one half, as in the AUC.
+    tied = np.round(p, 1)
+    realized = [roc_auc_score(rng.random(tied.size) < tied, tied) for _ in range(40)]
+    assert expected_auc(tied) == pytest.approx(np.mean(realized), abs=0.005)
+    assert np.isnan(expected_auc(np.array([0.3])))
+
+
+def test_quality_score_gives_80_points_to_ranking_and_20_to_calibration():
+    assert quality_score(0.5, 0.10) == 0.0
+    assert quality_score(0.9, 0.0) == 100.0
+    assert quality_score(0.95, 0.0) == 100.0
+    assert quality_score(0.7, 0.05) == pytest.approx(80 * 0.5 + 20 * 0.5)
+    assert quality_score(0.4, 0.0) == 20.0
+    assert np.isnan(quality_score(float("nan"), 0.0))
+
+
+@pytest.mark.slow
+def test_backtest_from_the_score_log_and_from_past_snapshots(serving_home, tmp_path):
+    from data_layer.score_log import read_scores
+    from serving.batch import score_batch
+    from training.backtest import backtest
+    from training.datasets import snapshot_cutoffs
+    from training.model_io import registry_client
+
+    home = copy_home(serving_home, tmp_path / "home")
+    # Scores issued five and four weeks before the end, as a batch scoring then would have.
+    cutoffs = snapshot_cutoffs(home)
+    for t in cutoffs[-6:-4]:
+        score_batch(home, tmp_path / "scores.parquet", as_of=t.to_pydatetime())
+    assert len(read_scores(home, "omniscore-propensity")) > 0
+
+    result = backtest(home, "propensity", out=tmp_path / "report")
+    assert result.source == "score_log"
+    [(version, bt)] = result.versions.items()
+    assert bt.cutoffs == [t.date().isoformat() for t in cutoffs[-6:-4]]
+    rows = result.rows
+    y, p = rows["label"].to_numpy(), rows["probability"].to_numpy()
+    assert bt.metrics["auc"] == pytest.approx(roc_auc_score(y, p))
+    assert bt.metrics["n"] == len(rows) and 0.5 < bt.metrics["auc"] <= 1.0
+    assert 0 <= bt.metrics["quality"] <= 100
+    assert set(bt.bands["band"]) <= {"low", "medium", "high"}
+    assert bt.bands["n"].sum() == len(rows)
+    assert list(bt.deciles["decile"]) == list(range(1, 11))
+    assert bt.segments["n"].sum() == len(rows)
+    assert (tmp_path / "report" / "index.html").exists()
+    assert (tmp_path / "report" / f"v{version}-calibration.png").stat().st_size > 1000
+
+    client = registry_client(home)
+    run = client.get_run(result.run_id)
+    assert run.data.tags["omniscore.model_version"] == version
+    assert run.data.metrics[f"v{version}.auc"] == pytest.approx(bt.metrics["auc"])
+    mv = client.get_model_version("omniscore-propensity", version)
+    assert mv.tags[BACKTEST_TAG] == result.run_id
+    artifacts = {a.path for a in client.list_artifacts(result.run_id, "backtest")}
+    assert "backtest/index.html" in artifacts
+
+    # Without a log: the champion scores past snapshots itself; the same cutoffs agree.
+    again = backtest(home, "propensity", out=tmp_path / "snap", source="snapshots",
+                     snapshots=6, log_run=False)  # fmt: skip
+    assert again.source == "snapshots"
+    snap = again.versions[version]
+    common = set(snap.cutoffs) & set(bt.cutoffs)
+    assert common == set(bt.cutoffs)
+    logged = rows.set_index(["customer_id", "cutoff"])["probability"]
+    scored = again.rows.set_index(["customer_id", "cutoff"])["probability"]
+    joined = pd.concat([logged, scored], axis=1, join="inner")
+    assert len(joined) == len(rows)
+    np.testing.assert_allclose(joined.iloc[:, 0], joined.iloc[:, 1], rtol=1e-9, atol=1e-12)
+
+    # A score log without old enough scores, asked for explicitly, is a clear error.
+    late = copy_home(serving_home, tmp_path / "late")
+    score_batch(late, tmp_path / "late.parquet", as_of=datetime(2026, 6, 29, tzinfo=UTC))
+    with pytest.raises(ValueError, match="--source snapshots"):
+        backtest(late, "propensity", source="score_log", log_run=False)
+    with pytest.raises(ValueError, match="only classifiers"):
+        backtest(late, "segments")
