@@ -51,6 +51,11 @@ ENV_VARS: dict[str, str] = {
     "monitor_segment_share_shift": "OMNISCORE_MONITOR_SEGMENT_SHARE_SHIFT",
     "monitor_segment_ari": "OMNISCORE_MONITOR_SEGMENT_ARI",
     "monitor_expected_auc_drop": "OMNISCORE_MONITOR_EXPECTED_AUC_DROP",
+    "triggers": "OMNISCORE_TRIGGERS",
+    "trigger_stream": "OMNISCORE_TRIGGER_STREAM",
+    "trigger_redis": "OMNISCORE_TRIGGER_REDIS",
+    "trigger_thresholds": "OMNISCORE_TRIGGER_THRESHOLDS",
+    "trigger_webhooks": "OMNISCORE_TRIGGER_WEBHOOKS",
 }
 """Environment variable of each backend setting; a set variable wins over the profile."""
 OPTUNA_HEARTBEAT_SECONDS = 30
@@ -60,6 +65,8 @@ DEFAULT_LGBM_THREADS = 2
 cores)."""
 FUTURE_TOLERANCE_SECONDS = 300
 STREAM_NAME = "omniscore:events"
+TRIGGER_STREAM = "omniscore:score-changes"
+TRIGGERS = "propensity,churn,segments"
 SCORE_LOG_RETENTION_DAYS = 400
 _INT_SETTINGS = frozenset(
     {
@@ -226,6 +233,22 @@ class Settings:
     assignment."""
     monitor_expected_auc_drop: float = 0.05
     """Alarm: drop of the label-free expected AUC from the reference's."""
+    triggers: str = TRIGGERS
+    """Which changes publish a score-change message (:mod:`serving.triggers`): a comma list
+    of ``propensity`` and ``churn`` (a band boundary crossed) and ``segments`` (another
+    segment), or ``off``."""
+    trigger_stream: str = TRIGGER_STREAM
+    """Redis Stream the score-change messages are appended to."""
+    trigger_redis: str | None = None
+    """Redis URL of that stream; default: the event stream's (``stream_redis``), else a Redis
+    online store's. With none, triggers are off."""
+    trigger_thresholds: str | None = None
+    """Band boundaries on the 0-100 score for triggers, e.g. ``70,90`` (low below 70, medium
+    to 90, high above); unset: the bands the models serve (the same 70th and 90th
+    percentiles)."""
+    trigger_webhooks: str | None = None
+    """URLs (comma separated) each score-change message is also POSTed to, from a background
+    worker with retries and backoff; a URL that keeps failing is parked with its reason."""
     profile: Path | None = None
     """The profile file these settings were read from, if any."""
 
@@ -406,5 +429,5 @@ class Settings:
         """Every password found in the configured URLs (for scrubbing messages)."""
         values = (self.mlflow_tracking_uri, self.optuna_storage, self.online_store,
                   self.feast_registry, self.mlflow_artifacts, self.serving_url,
-                  self.stream_redis, self.score_log)  # fmt: skip
+                  self.stream_redis, self.score_log, self.trigger_redis)  # fmt: skip
         return [s for v in values for s in url_secrets(v)]

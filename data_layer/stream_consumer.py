@@ -136,6 +136,7 @@ class StreamConsumer:
         claim_idle_ms: int = 30_000,
         clock: pd.Timestamp | None = None,
         client=None,
+        around_fold: Callable[[list, Callable[[], AcceptReport]], AcceptReport] | None = None,
     ) -> None:
         if batch_size < 1 or block_ms < 0 or claim_idle_ms < 0:
             raise ValueError("batch_size must be positive; block_ms and claim_idle_ms >= 0")
@@ -150,6 +151,10 @@ class StreamConsumer:
         self.claim_idle_ms = claim_idle_ms
         self.clock = clock
         self.client = client or redis_client(settings)
+        # A layer above may wrap each fold (``around_fold(records, fold)`` calls ``fold()``
+        # once and returns its report): the serving layer scores before and after it to
+        # publish score changes (serving.triggers), which this layer cannot know about.
+        self.around_fold = around_fold
         self.stats = ConsumerStats()
         self._own_pending_done = False
         self._claim_cursor = "0-0"
@@ -220,14 +225,19 @@ class StreamConsumer:
     def process(self, messages: list) -> AcceptReport:
         """Accept a batch of ``(id, fields)`` messages, then acknowledge them all."""
         records = [decode_message(fields) for _, fields in messages]
-        report = accept_events(
-            self.settings,
-            records,
-            utc_now(self.clock),
-            self.state,
-            online=self.online,
-            source=f"stream:{self.stream}",
-        )
+        now = utc_now(self.clock)
+
+        def fold() -> AcceptReport:
+            return accept_events(
+                self.settings,
+                records,
+                now,
+                self.state,
+                online=self.online,
+                source=f"stream:{self.stream}",
+            )
+
+        report = fold() if self.around_fold is None else self.around_fold(records, fold)
         # Only now is every event of the batch durable (stored or quarantined) and folded.
         self.client.xack(self.stream, self.group, *[mid for mid, _ in messages])
         self.stats.add(report, len(messages))

@@ -720,11 +720,19 @@ def stream(
         bool,
         typer.Option(help="Rewrite the folded customers' features in the Feast online store."),
     ] = True,
+    triggers: Annotated[
+        bool,
+        typer.Option(
+            help="Score the folded customers with the champions and publish their band and "
+            "segment changes (serving/triggers.py; settings triggers, trigger_redis)."
+        ),
+    ] = False,
     home: HomeOption = None,
 ) -> None:
     """Consume canonical events from the Redis Stream (settings: stream_name, stream_redis)
     as a consumer group: each batch is validated, stored exactly once, folded into the live
-    state, then acknowledged. OMNISCORE_CLOCK fixes the clock for replays."""
+    state, then acknowledged. OMNISCORE_CLOCK fixes the clock for replays. With --triggers,
+    score changes are published to the trigger stream before the acknowledgement."""
     from data_layer.live_ingest import OnlineFeatureWriter, parse_clock
     from data_layer.live_state import LiveState
     from data_layer.stream_consumer import StreamConfigError, StreamConsumer
@@ -740,6 +748,13 @@ def stream(
                 f"the Feast online store cannot be opened ({type(error).__name__}): run "
                 "`omniscore features apply` first, or pass --no-online"
             )
+        around_fold = None
+        if triggers:
+            from serving.triggers import stream_triggers
+
+            around_fold = stream_triggers(settings, state, clock)
+            if around_fold is None:
+                _fail("--triggers: triggers are off (OMNISCORE_TRIGGERS) or have no Redis")
         runner = StreamConsumer(
             settings,
             state=state,
@@ -750,6 +765,7 @@ def stream(
             block_ms=block_ms,
             claim_idle_ms=claim_idle_ms,
             clock=clock,
+            around_fold=around_fold,
         )
     except (StreamConfigError, ValueError) as error:
         _fail(str(error))

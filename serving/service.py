@@ -490,6 +490,7 @@ class OmniScore:
         self._pinned = self._read_pins()
         self._limiter = None  # created on the event loop by the first request
         self._open_live()
+        self.triggers = self._open_triggers()
         self.score_log = self._open_score_log()
         try:
             self.reload(force=True)
@@ -520,6 +521,20 @@ class OmniScore:
         self._live_on = False
         self._online_writer = None
         self._accept_lock = threading.Lock()
+
+    def _open_triggers(self):
+        """Score-change triggers after each fold (:mod:`serving.triggers`), or None when they
+        are off, have no Redis, or cannot be set up (scoring goes on; the reason is logged)."""
+        from serving.triggers import ScoreTriggers, TriggerPublisher
+
+        try:
+            publisher = TriggerPublisher.open(self.settings)
+        except Exception:
+            logger.exception("score-change triggers cannot be set up; they are off")
+            return None
+        if publisher is None:
+            return None
+        return ScoreTriggers(publisher, lambda: self.models, self._batch)
 
     def _open_score_log(self):
         """The score log (:mod:`data_layer.score_log`), or None when it is off or cannot be
@@ -564,6 +579,8 @@ class OmniScore:
                 except Exception:
                     logger.exception("the Feast online store cannot be written; events are "
                                      "still stored and folded")  # fmt: skip
+            triggers = self.triggers
+            before = triggers.before(events, now) if triggers is not None else None
             report = accept_events(
                 self.settings,
                 events,
@@ -578,6 +595,8 @@ class OmniScore:
                 cache.invalidate(report.customers)
                 if report.features is not None:
                     cache.remember(report.features, now)
+            if triggers is not None:
+                triggers.after(events, report, now, before)
         _metrics()["events"].labels(status="accepted").inc(report.accepted)
         _metrics()["events"].labels(status="duplicate").inc(report.duplicates)
         _metrics()["events"].labels(status="rejected").inc(report.rejected)
@@ -719,6 +738,8 @@ class OmniScore:
     def _shutdown(self) -> None:
         self._stop.set()
         self.reader.close()
+        if self.triggers is not None:
+            self.triggers.publisher.close()
         if self.score_log is not None:
             self.score_log.close(timeout=5)
 
@@ -825,6 +846,8 @@ class OmniScore:
             )
             if self.live_features is not None:
                 self.live_features.invalidate(customer_ids)
+            if self.triggers is not None:  # their score-change state and messages too
+                self.triggers.publisher.forget(customer_ids)
         return receipt.as_dict()
 
     @bentoml.api(route="/admin/forget", input_spec=ForgetRequest, output_spec=ForgetResponse)
