@@ -403,3 +403,38 @@ def utc_seconds(moment: datetime) -> float:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
+
+
+def forget_customers(settings: Settings, customer_ids: Sequence[str]) -> int:
+    """Delete every logged score of the customers (right to erasure); returns rows removed.
+
+    Scores still queued in a running writer are written afterwards: call this after the
+    service has stopped scoring them (the erasure path drops them from its cache first).
+    """
+    target = destination(settings)
+    ids = list(dict.fromkeys(customer_ids))
+    if target is None or not ids:
+        return 0
+    if target.startswith(("postgresql://", "postgres://")):
+        import psycopg
+
+        with psycopg.connect(target) as connection, connection.cursor() as cursor:
+            try:
+                cursor.execute("DELETE FROM score_log WHERE customer_id = ANY(%s)", (ids,))
+            except psycopg.errors.UndefinedTable:
+                return 0
+            return cursor.rowcount
+    if not Path(target).exists():
+        return 0
+    with sqlite3.connect(target, timeout=30) as connection:
+        try:
+            removed = 0
+            for lo in range(0, len(ids), 500):
+                chunk = ids[lo : lo + 500]
+                marks = ", ".join("?" * len(chunk))
+                removed += connection.execute(
+                    f"DELETE FROM score_log WHERE customer_id IN ({marks})", chunk
+                ).rowcount
+        except sqlite3.OperationalError:
+            return 0
+    return removed

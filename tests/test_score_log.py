@@ -157,3 +157,14 @@ def test_batch_scoring_and_the_service_record_every_score(serving_home, tmp_path
         assert row["band"] == record["propensity"]["band"]
         assert row["segment_id"] == record["segment"]["id"]
         assert bool(row["known"]) == record["known"]
+
+
+def test_forget_customers_removes_their_scores(tmp_path):
+    from data_layer.score_log import forget_customers
+
+    settings = Settings.from_env(tmp_path, env={})
+    log = ScoreLog.open(settings)
+    _record(log, ["keep", "erase-1", "erase-2"], DAY)
+    log.close()
+    assert forget_customers(settings, ["erase-1", "erase-2", "never-scored"]) == 4
+    assert set(read_scores(settings)["customer_id"]) == {"keep"}
