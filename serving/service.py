@@ -840,6 +840,9 @@ class OmniScore:
         from data_layer.erasure import forget
         from training.erasure_lineage import versions_trained_on
 
+        score_log = getattr(self, "score_log", None)
+        if score_log is not None:  # scores queued before this request are written, then erased
+            score_log.flush()
         with self._accept_lock:  # no fold of their events can run in between
             receipt = forget(
                 self.settings, customer_ids, models=versions_trained_on, live_state=self.live
