@@ -84,11 +84,17 @@ def spark_session(settings: Settings, conf: Mapping[str, str] | None = None):
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.sql.shuffle.partitions", "8")
+        # A bucket is a task: coalescing small shuffle partitions would run them all in one.
+        .config("spark.sql.adaptive.coalescePartitions.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
         .config("spark.local.dir", str(settings.home / "tmp" / "spark"))
     )
     for key, value in (conf or {}).items():
         builder = builder.config(key, value)
-    return builder.getOrCreate()
+    spark = builder.getOrCreate()
+    # Commands print OmniScore's own output; Spark's warnings stay out of the terminal.
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
 
 
 def bucket_column(partitions: int):
