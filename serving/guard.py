@@ -38,7 +38,10 @@ from http import HTTPStatus
 from serving.openapi import ADMIN_PATHS, HEALTH_PATHS, UNLIMITED_PATHS, allowed_methods
 
 logger = logging.getLogger("omniscore.serving")
-OPEN_PATHS = HEALTH_PATHS
+PAGE_PATHS = frozenset({"/ui", "/ui/"})
+"""The customer page's HTML (serving.ui): served without the key, which the page asks for
+and sends on each of its data calls (``/customers``, ``/score``, ``/ui/api/...``)."""
+OPEN_PATHS = HEALTH_PATHS | PAGE_PATHS
 JSON_TYPES = ("application/json",)
 SERVER_FAILED = "the server failed to handle the request; see its log"
 GUARD_PATHS = {"/docs": frozenset({"GET", "HEAD"}), "/docs.json": frozenset({"GET", "HEAD"})}

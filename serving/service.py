@@ -930,6 +930,16 @@ def _customers_app():
 
 OmniScore.mount_asgi_app(_customers_app(), path="/customers", name="customers")
 
+
+def _ui_app():
+    """The customer page at ``/ui`` (:mod:`serving.ui`)."""
+    from serving.ui import ui_app
+
+    return ui_app(bentoml.get_current_service)
+
+
+OmniScore.mount_asgi_app(_ui_app(), path="/ui", name="ui")
+
 OmniScore.add_asgi_middleware(
     Guard,
     api_key=CONFIG.api_key,
