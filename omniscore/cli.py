@@ -926,6 +926,73 @@ def backtest(
     console.print(f"report: {result.report}  (MLflow run {result.run_id})", soft_wrap=True)
 
 
+def _run_monitor(settings: Settings, as_of: str | None):
+    from training.monitor import monitor as run_monitor
+
+    try:
+        result = run_monitor(settings, as_of=as_of)
+    except (ValueError, LookupError) as error:
+        _fail(str(error))
+    for model, figures in result.models.items():
+        shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in figures.items()
+                 if not isinstance(v, (dict, list))}  # fmt: skip
+        console.print(f"[bold]{model}[/] {shown}", soft_wrap=True)
+    for alarm in result.alarms:
+        console.print(f"[bold red]drift:[/] {alarm}", soft_wrap=True)
+    if not result.alarms:
+        console.print(f"[green]no threshold crossed[/] at {result.cutoff[:10]}")
+    return result
+
+
+@app.command()
+def monitor(
+    as_of: Annotated[
+        str | None, typer.Option(help="Compare the latest snapshot at or before this date.")
+    ] = None,
+    home: HomeOption = None,
+) -> None:
+    """Compare the current population with the champions' training references: feature,
+    score and segment drift and a label-free performance estimate. Exits 3 when a threshold
+    (OMNISCORE_MONITOR_*) is crossed."""
+    from training.monitor import DRIFT_EXIT_CODE
+
+    result = _run_monitor(_settings(home), as_of)
+    if result.drifted:
+        raise typer.Exit(code=DRIFT_EXIT_CODE)
+
+
+@app.command()
+def retrain(
+    if_drifted: Annotated[
+        bool, typer.Option("--if-drifted", help="Only when the monitor crosses a threshold.")
+    ] = False,
+    trials: Annotated[int, typer.Option(help="Optuna trials per model.")] = 20,
+    seed: Annotated[int, typer.Option(help="Seed for sampling, splits and models.")] = 42,
+    home: HomeOption = None,
+) -> None:
+    """Train challengers and run the promotion gate; with --if-drifted, only for the models
+    the monitor flags (nothing when it flags none)."""
+    from training.registry import promote as promote_model
+
+    settings = _settings(home)
+    models = list(MODELS)
+    if if_drifted:
+        result = _run_monitor(settings, None)
+        models = [m for m in MODELS if any(a.startswith(f"{m}:") for a in result.alarms)]
+        if not models:
+            console.print("no drift: nothing retrained")
+            return
+    settings.ensure_dirs()
+    _train_with_progress(settings, models, trials, seed)
+    decisions = []
+    for name in models:
+        try:
+            decisions.append(promote_model(settings, name))
+        except (ValueError, LookupError) as error:
+            _fail(f"{name}: {error}")
+    _print_decisions(decisions)
+
+
 @app.command()
 def doctor(home: HomeOption = None) -> None:
     """Show each component's backend and whether it answers (credentials redacted)."""

@@ -276,6 +276,12 @@ def train_classifier(
             baselines.to_csv(charts / "single_channel_baselines.csv", index=False)
             per_channel = ev.shap_by_channel(ev.mean_abs_shap(contrib, names))
             run.log_artifacts(charts, "evaluation")
+            # The monitor's reference: a sample of the test population, without ids.
+            from training.monitor import write_reference
+
+            reference = Path(tmp) / "reference"
+            write_reference(test_rows, names, reference, seed, probability=p_test)
+            run.log_artifacts(reference, "reference")
             package_dir = Path(tmp) / "package"
             hashes = write_classifier_dir(pkg, package_dir, test_rows.head(50))
             metrics.update({f"shap_channel_{k}": float(v) for k, v in per_channel.items()})

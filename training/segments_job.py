@@ -152,6 +152,12 @@ def train_segments(
             population = frame[features].apply(pd.to_numeric, errors="coerce").median()
             ev.segment_report(profile, population, charts, features)
             run.log_artifacts(charts, "evaluation")
+            # The monitor's reference: a sample of the population, without ids.
+            from training.monitor import write_reference
+
+            reference = Path(tmp) / "reference"
+            write_reference(frame, features, reference, seed, segment_id=ids)
+            run.log_artifacts(reference, "reference")
             package_dir = Path(tmp) / "package"
             hashes = write_segments_dir(seg, package_dir, frame.head(50))
             method, k = best.params["method"], best.params["k"]

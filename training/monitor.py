@@ -1,0 +1,414 @@
+"""The monitor: is the current population still the one the champions were trained on?
+
+``omniscore monitor`` calls :func:`monitor`. Every champion stores, as an artifact of its
+training run, a reference sample of its training population (:func:`write_reference`:
+at most :data:`REFERENCE_ROWS` rows of its features, and its probabilities or segments; no
+customer id). The monitor takes the customers of the latest weekly snapshot (at or before
+``as_of``), in each model's population, scores them with the champions and compares:
+
+- **feature drift**: Evidently's per-column drift test (``DataDriftPreset``: Wasserstein
+  distance for numbers, Jensen-Shannon for categories, each with its default threshold of
+  0.1), grouped by signal family (the feature view) and channel, so the report says
+  "transactional / store drifted" rather than listing a hundred numbers; flagged when the
+  share of drifted features exceeds ``monitor_feature_drift_share``;
+- **score drift**: the population stability index (PSI) of the probabilities over the
+  reference's deciles, and the share of customers per band; flagged above
+  ``monitor_score_psi``;
+- **segment drift**: each segment's share (flagged when one moves more than
+  ``monitor_segment_share_shift``), a re-fit of the same method and k on current data
+  compared with the served assignment (adjusted Rand index; flagged below
+  ``monitor_segment_ari`` times the bootstrap stability the partition had at training),
+  the silhouette of the served assignment on current data, and
+  whether the names the naming rule gives the served segments on current data are still the
+  served names;
+- **label-free performance**: the expected AUC and positive rate implied by the calibrated
+  probabilities (:func:`training.backtest.expected_auc`, CBPE-style), against the same on the
+  reference; flagged when the expected AUC drops more than ``monitor_expected_auc_drop``. The
+  version's latest backtest (if any) says how far that estimate was from the realized AUC.
+
+Thresholds are :class:`~data_layer.settings.Settings` fields. An MLflow run in the
+``omniscore-monitoring`` experiment records every figure; :attr:`MonitorResult.alarms` lists
+what crossed a threshold (the command then exits with :data:`DRIFT_EXIT_CODE`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from data_layer.settings import Settings
+from feature_repo.catalog import VIEWS, features_of_view
+from training.backtest import BACKTEST_TAG, MONITORING_EXPERIMENT, expected_auc
+from training.contract import ACTIVE, CLASSIFIERS, CLUSTERINGS, contract
+
+REFERENCE_ROWS = 5000
+"""Rows of the training reference stored with each version."""
+REFERENCE_FILE = "reference.parquet"
+REFERENCE_ARTIFACT = "reference"
+DRIFT_EXIT_CODE = 3
+"""Exit code of ``omniscore monitor`` when a threshold is crossed (1 and 2 are errors)."""
+CURRENT_ROWS = 20000
+"""Current customers compared per model at most (a seeded sample beyond that)."""
+PSI_FLOOR = 1e-4
+
+
+# --- the reference --------------------------------------------------------------------------
+def write_reference(
+    frame: pd.DataFrame, features: list[str], folder: Path, seed: int, **columns
+) -> Path:
+    """Write a seeded sample of a training frame's ``features`` (plus ``columns``: arrays
+    aligned with ``frame``, e.g. ``probability``) to ``folder/reference.parquet``.
+
+    No customer id or timestamp goes in: the reference describes the population, not people.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(frame)
+    rows = np.sort(rng.choice(n, size=min(REFERENCE_ROWS, n), replace=False))
+    sample = frame.iloc[rows][list(features)].reset_index(drop=True)
+    for name, values in columns.items():
+        sample[name] = np.asarray(values)[rows]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / REFERENCE_FILE
+    sample.to_parquet(path, index=False)
+    return path
+
+
+def load_reference(settings: Settings, loaded) -> pd.DataFrame:
+    """The reference stored with a loaded version's training run."""
+    import mlflow.artifacts
+
+    if not loaded.run_id:
+        raise ValueError(f"{loaded.name} v{loaded.version} records no training run")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=loaded.run_id,
+                artifact_path=f"{REFERENCE_ARTIFACT}/{REFERENCE_FILE}",
+                dst_path=tmp,
+                tracking_uri=settings.tracking_uri,
+            )
+        except Exception as exc:
+            raise ValueError(
+                f"{loaded.name} v{loaded.version} has no training reference (trained before "
+                "references were stored): retrain it to monitor it"
+            ) from exc
+        return pd.read_parquet(path)
+
+
+# --- measures -------------------------------------------------------------------------------
+def psi(reference: np.ndarray, current: np.ndarray, bins: int = 10) -> float:
+    """Population stability index of ``current`` against ``reference``'s quantile bins."""
+    reference = np.asarray(reference, dtype=float)
+    current = np.asarray(current, dtype=float)
+    edges = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)[1:-1]))
+    ref = np.bincount(np.searchsorted(edges, reference, "right"), minlength=len(edges) + 1)
+    cur = np.bincount(np.searchsorted(edges, current, "right"), minlength=len(edges) + 1)
+    r = np.maximum(ref / max(ref.sum(), 1), PSI_FLOOR)
+    c = np.maximum(cur / max(cur.sum(), 1), PSI_FLOOR)
+    return float(((c - r) * np.log(c / r)).sum())
+
+
+def feature_groups() -> dict[str, tuple[str, str]]:
+    """Feature name -> (signal family, channel) from the catalog."""
+    groups = {}
+    for view in VIEWS:
+        for feature in features_of_view(view):
+            groups[feature.name] = (view, feature.channel or "all")
+    return groups
+
+
+_THRESHOLD = re.compile(r"threshold=([0-9.eE+-]+)")
+
+
+def feature_drift(reference: pd.DataFrame, current: pd.DataFrame, features: list[str]) -> dict:
+    """Evidently's per-column drift of ``features``, and its summary per family and channel."""
+    from evidently import Report
+    from evidently.presets import DataDriftPreset
+
+    columns = [f for f in features if f in reference and f in current]
+    # Columns constant in both frames carry no drift and make some tests degenerate.
+    varying = [c for c in columns if reference[c].nunique(dropna=False) > 1
+               or current[c].nunique(dropna=False) > 1]  # fmt: skip
+    result = Report([DataDriftPreset()]).run(current[varying], reference[varying]).dict()
+    rows = []
+    for metric in result["metrics"]:
+        config = metric.get("config", {})
+        if not config.get("type", "").endswith("ValueDrift"):
+            continue
+        threshold = float(config.get("threshold") or _THRESHOLD.search(metric["metric_name"])[1])
+        value = float(metric["value"])
+        method = str(config.get("method") or "")
+        # A p-value test (K-S, chi-square, Z: Evidently's choice below 1,000 rows) drifts when
+        # the p-value falls under its threshold; a distance when it reaches its threshold.
+        drifted = value < threshold if "p_value" in method else value >= threshold
+        rows.append(
+            {"feature": config["column"], "method": config.get("method"), "distance": value,
+             "threshold": threshold, "drifted": bool(drifted)}
+        )  # fmt: skip
+    table = pd.DataFrame(rows, columns=["feature", "method", "distance", "threshold", "drifted"])
+    groups = feature_groups()
+    table["family"] = [groups.get(f, ("profile", "all"))[0] for f in table["feature"]]
+    table["channel"] = [groups.get(f, ("profile", "all"))[1] for f in table["feature"]]
+    by_group = (
+        table.groupby(["family", "channel"])
+        .agg(features=("feature", "size"), drifted=("drifted", "sum"),
+             mean_distance=("distance", "mean"))
+        .reset_index()
+        .sort_values(["drifted", "mean_distance"], ascending=False)
+    )  # fmt: skip
+    by_group["drifted_share"] = by_group["drifted"] / by_group["features"]
+    share = float(table["drifted"].mean()) if len(table) else 0.0
+    return {"share": share, "features": table, "groups": by_group}
+
+
+# --- the current population -----------------------------------------------------------------
+def current_cutoff(settings: Settings, as_of: pd.Timestamp | None = None) -> pd.Timestamp:
+    """The latest weekly snapshot at or before ``as_of`` (default: the latest)."""
+    from training.datasets import snapshot_cutoffs
+
+    cutoffs = snapshot_cutoffs(settings)
+    if as_of is not None:
+        as_of = pd.Timestamp(as_of)
+        as_of = as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of.tz_convert("UTC")
+        cutoffs = [t for t in cutoffs if t <= as_of]
+    if not cutoffs:
+        raise ValueError(f"no feature snapshot at or before {as_of}: build features first")
+    return cutoffs[-1]
+
+
+def current_frame(settings: Settings, model: str, cutoff: pd.Timestamp, seed: int = 0):
+    """Features of the model's population at ``cutoff`` (sampled to CURRENT_ROWS)."""
+    from training.datasets import fetch_features
+    from training.labels import population_frame
+
+    terms = contract(model)
+    if terms.label is not None:
+        lookback = terms.label.active_lookback_days if terms.label.population == ACTIVE else None
+    else:
+        lookback = terms.population_lookback_days
+    rows = population_frame(settings, [cutoff], lookback)
+    if len(rows) > CURRENT_ROWS:
+        rows = rows.sample(CURRENT_ROWS, random_state=seed).sort_values("customer_id")
+    if rows.empty:
+        raise ValueError(f"no customer of {model}'s population at {cutoff}")
+    return fetch_features(settings, terms.feature_service, rows.reset_index(drop=True))
+
+
+# --- results --------------------------------------------------------------------------------
+@dataclass
+class MonitorResult:
+    """Everything the monitor measured, and what crossed a threshold."""
+
+    cutoff: str
+    models: dict[str, dict] = field(default_factory=dict)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    alarms: list[str] = field(default_factory=list)
+    run_id: str | None = None
+
+    @property
+    def drifted(self) -> bool:
+        """Whether any threshold was crossed."""
+        return bool(self.alarms)
+
+    def summary(self) -> dict:
+        """JSON-ready summary (what the command prints)."""
+        return {"cutoff": self.cutoff, "drifted": self.drifted, "alarms": self.alarms,
+                "models": self.models, "run_id": self.run_id}  # fmt: skip
+
+
+def _backtest_error(client, loaded) -> float | None:
+    """How far the label-free AUC estimate was from the realized AUC in the version's
+    latest backtest (estimate - realized), if it was backtested."""
+    run_id = (loaded.tags or {}).get(BACKTEST_TAG)
+    if not run_id:
+        return None
+    try:
+        metrics = client.get_run(run_id).data.metrics
+    except Exception:
+        return None
+    value = metrics.get(f"v{loaded.version}.expected_auc_error")
+    return None if value is None else float(value)
+
+
+def monitor_classifier(settings: Settings, model: str, cutoff, client, result) -> None:
+    """Feature, score and label-free checks of one classifier champion."""
+    from training.model_io import load_champion
+
+    loaded = load_champion(settings, model)
+    reference = load_reference(settings, loaded)
+    current = current_frame(settings, model, cutoff)
+    drift = feature_drift(reference, current, loaded.feature_names)
+    p_ref = reference["probability"].to_numpy(dtype=float)
+    p_cur = loaded.predict_proba(current)
+    bands_ref = pd.Series(loaded.band(p_ref)).value_counts(normalize=True)
+    bands_cur = pd.Series(loaded.band(p_cur)).value_counts(normalize=True)
+    bands = pd.DataFrame({"reference": bands_ref, "current": bands_cur}).fillna(0.0)
+    bands = bands.reindex([b for b in ("low", "medium", "high") if b in bands.index])
+    auc_ref, auc_cur = expected_auc(p_ref), expected_auc(p_cur)
+    figures = {
+        "version": loaded.version,
+        "rows_reference": len(reference),
+        "rows_current": len(current),
+        "feature_drift_share": drift["share"],
+        "drifted_groups": [
+            f"{r.family}/{r.channel}" for r in drift["groups"].itertuples() if r.drifted > 0
+        ],
+        "score_psi": psi(p_ref, p_cur),
+        "band_share_reference": bands["reference"].round(4).to_dict(),
+        "band_share_current": bands["current"].round(4).to_dict(),
+        "expected_auc_reference": auc_ref,
+        "expected_auc_current": auc_cur,
+        "expected_auc_drop": auc_ref - auc_cur,
+        "expected_positive_rate_reference": float(p_ref.mean()),
+        "expected_positive_rate_current": float(p_cur.mean()),
+        "backtest_expected_auc_error": _backtest_error(client, loaded),
+    }
+    result.models[model] = figures
+    result.tables[f"{model}_features"] = drift["features"]
+    result.tables[f"{model}_groups"] = drift["groups"]
+    s = settings
+    checks = (
+        ("feature drift share", drift["share"], s.monitor_feature_drift_share, ">"),
+        ("score PSI", figures["score_psi"], s.monitor_score_psi, ">"),
+        ("expected AUC drop", figures["expected_auc_drop"], s.monitor_expected_auc_drop, ">"),
+    )
+    _check(result, model, checks, figures["drifted_groups"])
+
+
+def monitor_segments(settings: Settings, model: str, cutoff, client, result) -> None:
+    """Feature drift, shares, re-fit ARI, silhouette and names of the segments champion."""
+    from sklearn.metrics import adjusted_rand_score, silhouette_score
+
+    from training.model_io import load_champion
+    from training.segments import fit_segment_model, name_segments
+
+    loaded = load_champion(settings, model)
+    seg = loaded.segments
+    reference = load_reference(settings, loaded)
+    current = current_frame(settings, model, cutoff)
+    drift = feature_drift(reference, current, seg.features)
+    ids, names = seg.assign(current)
+    shares_cur = pd.Series(ids).value_counts(normalize=True)
+    if "segment_id" in reference:
+        shares_ref = reference["segment_id"].value_counts(normalize=True)
+    else:
+        shares_ref = pd.Series(seg.sizes, index=seg.ids)
+    shares = pd.DataFrame({"reference": shares_ref, "current": shares_cur}).fillna(0.0)
+    shares["name"] = [seg.name_by_id.get(int(i), "?") for i in shares.index]
+    refit = fit_segment_model(current, seg.features, seg.clusterer.method, len(seg.ids), seed=0)
+    refit_ids, _ = refit.assign(current)
+    ari = float(adjusted_rand_score(ids, refit_ids))
+    # Re-fits on the training data itself agree only this much (bootstrap ARI at training):
+    # the alarm is relative to it, so an unstable-by-nature partition does not always ring.
+    stability = float(seg.metrics.get("stability", 1.0) or 1.0)
+    x = seg.preprocessor.transform(current)
+    clusters = seg.clusterer.predict(x)
+    silhouette = (
+        float(silhouette_score(x, clusters, sample_size=min(3000, len(x)), random_state=0))
+        if len(np.unique(clusters)) > 1
+        else -1.0
+    )
+    raw = current[seg.features].apply(pd.to_numeric, errors="coerce")
+    medians = raw.groupby(clusters).median().reindex(range(len(seg.ids)))
+    present = medians.dropna(how="all").index
+    renamed = name_segments(medians.loc[present], current)
+    kept = [seg.names[i] == n for i, n in zip(present, renamed, strict=True)]
+    figures = {
+        "version": loaded.version,
+        "rows_current": len(current),
+        "feature_drift_share": drift["share"],
+        "drifted_groups": [
+            f"{r.family}/{r.channel}" for r in drift["groups"].itertuples() if r.drifted > 0
+        ],
+        "segment_share_shift": float((shares["current"] - shares["reference"]).abs().max()),
+        "refit_ari": ari,
+        "training_stability": stability,
+        "silhouette_current": silhouette,
+        "silhouette_training": float(seg.metrics.get("silhouette", float("nan"))),
+        "names_still_fit": float(np.mean(kept)) if kept else float("nan"),
+        "renamed": {
+            seg.names[i]: n for i, n in zip(present, renamed, strict=True) if seg.names[i] != n
+        },  # fmt: skip
+    }
+    result.models[model] = figures
+    result.tables[f"{model}_shares"] = shares.reset_index(names="segment_id")
+    result.tables[f"{model}_features"] = drift["features"]
+    result.tables[f"{model}_groups"] = drift["groups"]
+    s = settings
+    checks = (
+        ("feature drift share", drift["share"], s.monitor_feature_drift_share, ">"),
+        ("segment share shift", figures["segment_share_shift"], s.monitor_segment_share_shift, ">"),
+        ("re-fit ARI", ari, s.monitor_segment_ari * stability, "<"),
+    )
+    _check(result, model, checks, figures["drifted_groups"])
+
+
+def _check(result: MonitorResult, model: str, checks, groups: list[str]) -> None:
+    for label, value, threshold, side in checks:
+        crossed = value > threshold if side == ">" else value < threshold
+        if crossed:
+            where = f" (drifted: {', '.join(groups[:6])})" if "feature" in label and groups else ""
+            result.alarms.append(
+                f"{model}: {label} {value:.3f} {side} threshold {threshold:g}{where}"
+            )
+
+
+def monitor(
+    settings: Settings,
+    as_of: pd.Timestamp | str | None = None,
+    models: tuple[str, ...] | None = None,
+    out: Path | None = None,
+    log_run: bool = True,
+) -> MonitorResult:
+    """Compare the population of the latest snapshot at or before ``as_of`` with every
+    champion's training reference (see the module docstring)."""
+    from training.model_io import registry_client
+
+    client = registry_client(settings)
+    cutoff = current_cutoff(settings, as_of)
+    result = MonitorResult(cutoff=cutoff.isoformat())
+    for model in models or (*CLASSIFIERS, *CLUSTERINGS):
+        if contract(model).label is not None:
+            monitor_classifier(settings, model, cutoff, client, result)
+        else:
+            monitor_segments(settings, model, cutoff, client, result)
+    out = Path(out or settings.home / "reports" / "monitor")
+    out.mkdir(parents=True, exist_ok=True)
+    for name, table in result.tables.items():
+        table.to_csv(out / f"{name}.csv", index=False)
+    (out / "summary.json").write_text(json.dumps(result.summary(), indent=1, default=str))
+    if log_run:
+        result.run_id = _log_run(settings, client, result, out)
+        (out / "summary.json").write_text(json.dumps(result.summary(), indent=1, default=str))
+    return result
+
+
+def _log_run(settings: Settings, client, result: MonitorResult, out: Path) -> str:
+    from training.runs import experiment_id
+
+    exp = experiment_id(client, settings, MONITORING_EXPERIMENT)
+    versions = {m: str(f["version"]) for m, f in result.models.items()}
+    run = client.create_run(
+        exp,
+        run_name="monitor",
+        tags={
+            "omniscore.kind": "monitor",
+            "omniscore.cutoff": result.cutoff,
+            "omniscore.drifted": str(result.drifted).lower(),
+            "omniscore.model_versions": json.dumps(versions),
+            "omniscore.alarms": "; ".join(result.alarms)[:4900],
+        },
+    )
+    for model, figures in result.models.items():
+        for key, value in figures.items():
+            if isinstance(value, (int, float)) and value is not None and np.isfinite(value):
+                client.log_metric(run.info.run_id, f"{model}.{key}", float(value))
+    client.log_artifacts(run.info.run_id, str(out), "monitor")
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
