@@ -46,7 +46,7 @@ def spark_here():
 
 def _world(home) -> Settings:
     settings = Settings.from_env(home, env={})
-    data = generate(250, 120, seed=5, end=END)
+    data = generate(150, 90, seed=5, end=END)
     write_events(settings, data.events, replace=True)
     write_customers(settings, data.customers)
     return settings
