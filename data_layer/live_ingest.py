@@ -197,7 +197,11 @@ def validate_records(
         parts.append((positions, _fast_frame(list(fast.values()))))
     if slow:
         rows = [{str(k): _as_text(v) for k, v in records[i].items()} for i in slow]
-        raw = pd.DataFrame.from_records(rows, columns=_columns(rows)).astype(object)
+        # An explicit index keeps one row per record: records that are all empty ({}) would
+        # otherwise give a frame of no rows, and their positions would point past it.
+        raw = pd.DataFrame.from_records(
+            rows, columns=_columns(rows), index=range(len(rows))
+        ).astype(object)
         raw = raw.where(raw.notna(), None)
         for name in CANONICAL_INPUTS:
             if name not in raw:

@@ -220,6 +220,17 @@ def test_odd_json_values_are_rejected_with_reasons_never_raised():
     assert batch.quarantine["source_row"].tolist() == list(range(1, 9))
 
 
+def test_a_batch_whose_slow_records_are_all_empty_is_rejected_not_raised():
+    """`{"events": [{}]}` answered 500: every record without keys gave a frame of no rows."""
+    only_empty = validate_records([{}], NOW, 300)
+    assert only_empty.events.num_rows == 0
+    assert only_empty.reasons == ["missing customer_id"]
+
+    mixed = validate_records([{}, event("C1"), {}], NOW, 300)
+    assert mixed.events.num_rows == 1
+    assert mixed.reasons == ["missing customer_id", None, "missing customer_id"]
+
+
 def test_the_clock_setting_parses_iso_instants():
     assert parse_clock("2026-06-03T14:25:00Z") == NOW
     assert parse_clock("2026-06-03T16:25:00+02:00") == NOW
