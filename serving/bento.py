@@ -51,6 +51,9 @@ def build_bento(settings: Settings, bentoml_home: str | None = None) -> BentoBui
         raise FileExistsError(f"{PINNED_MODELS_FILE} exists: another build is running?")
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "OMNISCORE_HOME": str(settings.home)}
     env["MLFLOW_TRACKING_URI"] = settings.tracking_uri
+    # `bentoml build` imports the service from this checkout, where an unnamed pin file is
+    # refused (ServeConfig.from_env): name it, as a deliberate pin.
+    env["OMNISCORE_PINNED_MODELS"] = str(PINNED_MODELS_FILE)
     if bentoml_home:
         env["BENTOML_HOME"] = bentoml_home
     command = [sys.executable, "-m", "bentoml", "build", str(REPO_ROOT), "-o", "tag"]

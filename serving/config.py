@@ -101,6 +101,13 @@ class ServeConfig:
 
         pinned = get("pinned_models", str)
         if pinned is None and PINNED_MODELS_FILE.exists():
+            # Inside a built Bento the pin file is the build's promise; in a source checkout it
+            # can only be a leftover, and silently serving old versions would hide that.
+            if (PINNED_MODELS_FILE.parents[1] / ".git").exists():
+                raise ServeConfigError(
+                    "serving/pinned_models.json is in the source checkout (left by a Bento "
+                    "build?): remove it, or name it in OMNISCORE_PINNED_MODELS to pin on purpose"
+                )
             pinned = str(PINNED_MODELS_FILE)
         config = cls(
             api_key=get("api_key", str),

@@ -34,6 +34,21 @@ def test_serve_config_reads_the_environment_and_refuses_bad_values():
         ServeConfig.from_env({"OMNISCORE_ONLINE_READ": "psychic"})
 
 
+def test_a_pin_file_left_in_the_checkout_is_refused_not_silently_served(tmp_path):
+    from serving.config import PINNED_MODELS_FILE, ServeConfigError
+
+    assert not PINNED_MODELS_FILE.exists()
+    PINNED_MODELS_FILE.write_text('{"versions": {"propensity": "1"}}')
+    try:
+        with pytest.raises(ServeConfigError, match="OMNISCORE_PINNED_MODELS"):
+            ServeConfig.from_env({})
+        named = ServeConfig.from_env({"OMNISCORE_PINNED_MODELS": str(PINNED_MODELS_FILE)})
+        assert named.pinned_models == str(PINNED_MODELS_FILE)
+    finally:
+        PINNED_MODELS_FILE.unlink()
+    assert ServeConfig.from_env({}).pinned_models is None
+
+
 def test_bearer_key_check():
     key = b"s3cret-key-0123456789"
     assert authorized(b"Bearer s3cret-key-0123456789", key)
