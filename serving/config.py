@@ -41,6 +41,22 @@ class ServeConfigError(ValueError):
     """
 
 
+def startup_config() -> ServeConfig:
+    """The serving settings for a starting server process, or exit 2 with one line.
+
+    Called once, by the service's start-up module (:mod:`serving.service`, which BentoML
+    imports to start a server): a bad setting is printed as ``error: …`` on stderr, with no
+    traceback, whether the server was started by ``omniscore serve`` or by ``bentoml serve``.
+    """
+    import sys
+
+    try:
+        return ServeConfig.from_env()
+    except ServeConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     """How the scoring service behaves.

@@ -9,8 +9,12 @@ and opens the Feast store of the home.
 
 Endpoints: ``POST /score``; ``GET /healthz`` (the process runs), ``GET /readyz`` (models
 loaded and the online store answers), ``GET /metrics`` (Prometheus), ``POST /admin/reload``
-(check the registry now). Settings come from the environment (:class:`ServeConfig`); this
-module reads them when BentoML imports it, since the service decorator needs them.
+(check the registry now).
+
+This module is the service's start-up: BentoML imports it to start a server, and the service
+decorator and the request models need the limits when they are declared, so it reads the
+serving settings (:func:`serving.config.startup_config`) at import. No other module imports it
+(``tests/test_project.py`` checks), so nothing else reads the environment on import.
 """
 
 from __future__ import annotations
@@ -27,11 +31,11 @@ import bentoml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
 from starlette.responses import JSONResponse
 
-from serving.config import DEFAULT_HOST, DEFAULT_PORT, ServeConfig
+from serving.config import DEFAULT_HOST, DEFAULT_PORT, startup_config
 from serving.guard import Guard
 
 logger = logging.getLogger("omniscore.serving")
-CONFIG = ServeConfig.from_env()
+CONFIG = startup_config()
 INLINE_IDS = 8
 """Requests of at most this many ids (without explain) on a direct read of SQLite or a
 standalone Redis are read and scored on the event loop; larger ones, explanations and other

@@ -50,6 +50,18 @@ def test_imports_run_one_way(package: str) -> None:
     assert offenders == {}, f"{package} imports up the chain: {offenders}"
 
 
+def test_only_the_server_start_up_imports_the_service_module() -> None:
+    """serving.service reads the serving settings on import (BentoML starts a server by
+    importing it); any other importer would read the environment at import time too."""
+    importers = [
+        str(path.relative_to(ROOT))
+        for package in ALLOWED
+        for path in (ROOT / package).rglob("*.py")
+        if "serving.service" in _imported_modules(path) and path.name != "service.py"
+    ]
+    assert importers == []
+
+
 def test_features_doc_matches_catalog() -> None:
     assert (ROOT / "docs" / "features.md").read_text() == features_markdown(), (
         "docs/features.md is stale: run `python -m feature_repo.catalog > docs/features.md`"
