@@ -907,12 +907,14 @@ def backtest(
 
     if source not in ("auto", "score_log", "snapshots"):
         _fail(f"--source must be auto, score_log or snapshots, not {source!r}")
+    from mlflow.exceptions import MlflowException
+
     settings = _settings(home)
     try:
         result = run_backtest(
             settings, model, out=out, version=version, snapshots=snapshots, source=source
         )
-    except (ValueError, LookupError) as error:
+    except (ValueError, LookupError, OSError, MlflowException) as error:
         _fail(f"{model}: {error}")
     for v, bt in result.versions.items():
         m = bt.metrics
@@ -927,11 +929,13 @@ def backtest(
 
 
 def _run_monitor(settings: Settings, as_of: str | None):
+    from mlflow.exceptions import MlflowException
+
     from training.monitor import monitor as run_monitor
 
     try:
         result = run_monitor(settings, as_of=as_of)
-    except (ValueError, LookupError) as error:
+    except (ValueError, LookupError, OSError, MlflowException) as error:
         _fail(str(error))
     for model, figures in result.models.items():
         shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in figures.items()
