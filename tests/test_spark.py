@@ -12,6 +12,7 @@ import os
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from training_home import copy_home
 
 from data_layer.event_store import write_customers, write_events
 from data_layer.feature_pipeline import build_features, read_snapshots
@@ -19,7 +20,6 @@ from data_layer.settings import Settings
 from data_layer.spark_engine import build_features_spark, spark_available
 from data_layer.synthetic import generate
 from feature_repo.catalog import VIEWS
-from training_home import copy_home
 
 END = pd.Timestamp("2026-06-29", tz="UTC")
 SMALL_SPARK = {
