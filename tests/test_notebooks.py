@@ -26,7 +26,12 @@ from training.model_io import load_champion
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
-NAMES = ("01-explore-signals.ipynb", "02-experiment.ipynb", "03-segments.ipynb")
+NAMES = (
+    "01-explore-signals.ipynb",
+    "02-experiment.ipynb",
+    "03-segments.ipynb",
+    "04-journey.ipynb",
+)
 SIZE = WorkspaceSize(customers=400, days=300, trials=2, seed=7, min_class=20)
 
 
@@ -180,3 +185,18 @@ def test_segments_notebook(nb_home: Settings) -> None:
     assert "adjusted Rand index" in agreement
     assert all(archetype in agreement for archetype in ARCHETYPE_NAMES)
     assert images(nb) >= 3
+
+
+@pytest.mark.slow
+def test_journey_notebook(nb_home: Settings, services) -> None:
+    """The journey runs against a real service: five steps, the triggers read back from Redis
+    equal to the band changes of its table (the notebook asserts it), and the page at each
+    step when a browser is installed."""
+    nb = run_notebook("04-journey.ipynb")
+    table = tagged_text(nb, "journey-table")
+    for step in ("email click", "app browsing", "abandoned cart", "store visit", "purchase"):
+        assert step in table
+    assert "exactly the band and segment changes" in tagged_text(nb, "triggers")
+    pages = tagged_text(nb, "pages")
+    assert "step 5: purchase" in pages or "no browser here" in pages
+    assert images(nb) >= 1
