@@ -121,7 +121,19 @@ BENCHMARKS: dict[str, tuple[str, list[str], str]] = {
     ),
     "live": (
         "benchmarks.bench_live",
-        ["--customers", "5000"],
+        [
+            "--customers",
+            "5000",
+            "--events",
+            "10000",
+            "--rescore-events",
+            "3000",
+            "--stream-seconds",
+            "15",
+            "--requests",
+            "200",
+            "--reuse",
+        ],
         "Live path (issue 11, section 6), embedded store and Redis, each figure beside a "
         "trivial BentoML endpoint and the load and CPU steal measured over it. Targets: "
         "≥ 10,000 events/s folded with rescoring off, ≥ 3,000 events/s with rescoring "
