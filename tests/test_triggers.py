@@ -37,6 +37,7 @@ from serving.triggers import (
     WebhookSender,
     change_id,
     read_changes,
+    stream_triggers,
 )
 
 pytestmark = pytest.mark.slow
@@ -296,3 +297,30 @@ def test_rules_come_from_the_settings(world):
         with pytest.raises(TriggerConfigError):
             TriggerRules.from_settings(dataclasses.replace(settings, **bad))
     assert TriggerPublisher.open(dataclasses.replace(settings, triggers="off")) is None
+
+
+def test_omniscore_stream_triggers_publish_the_changes_of_consumed_events(world):
+    """``stream_triggers`` (what ``omniscore stream --triggers`` wraps each fold with) loads
+    the champions itself and publishes exactly the changes of the consumed batch."""
+    settings, state, _, client = world
+    customers = quiet_customers(world, 60)[45:60]
+    events = [e for c in customers for e in activity(c, hours_ago=0.2, tag="cli")]
+    for event in events:
+        client.xadd(settings.stream_name, {"event": json.dumps(event)})
+    before = scores_now(world, customers)
+    start = client.xrevrange(settings.trigger_stream, count=1)
+    start = "(" + start[0][0].decode() if start else "-"
+    consumer = StreamConsumer(
+        settings, state=state, consumer="cli", clock=CLOCK, client=client,
+        around_fold=stream_triggers(settings, state, CLOCK), batch_size=1000, block_ms=0,
+    )  # fmt: skip
+    consumer.ensure_group()
+    while consumer.poll(block=False):
+        pass
+    assert consumer.stats.accepted == len(events)
+    expected = band_changes(before, scores_now(world, customers))
+    published = read_changes(client, settings.trigger_stream, start)
+    assert {(m["customer_id"], m["model"], m["old_band"], m["new_band"]) for m in published} == (
+        expected
+    )
+    assert len(published) == len(expected)
