@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from training_home import build_home, rebuild_features
 
-from data_layer.event_store import write_events
+from data_layer.event_store import read_events, write_events
 from data_layer.schema import to_canonical_table
 from feature_repo.catalog import FEATURE_NAMES
 from training.datasets import IneligibleError, build_training_set, fetch_features
@@ -86,7 +86,7 @@ def test_eligibility_refuses_with_a_clear_message(home, tmp_path):
 def test_labels_follow_their_definitions(home):
     cutoff = build_training_set(home, "churn", min_class=20).plan.test
     churn = label_frame(home, LabelSpec.default("churn"), [cutoff])
-    events = pd.read_parquet(home.events_dir)
+    events = read_events(home)
     own = events[events["family"] != "contextual"]
     active = own[
         (own["event_timestamp"] >= cutoff - pd.Timedelta(days=90))
