@@ -22,6 +22,7 @@ import os
 import re
 import zoneinfo
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -730,17 +731,22 @@ class IngestReport:
 
     def summary(self) -> str:
         """Human-readable lines for the CLI."""
-        lines = [
-            f"{self.source.name}: {self.rows_read} rows read → {self.accepted} accepted, "
-            f"{self.duplicates} duplicates, {self.quarantined} quarantined"
-        ]
-        for text, count in self.reasons.most_common():
-            lines.append(f"  quarantined {count:>8}  {text}")
-        for text, count in self.notes.most_common():
-            lines.append(f"  normalised  {count:>8}  {text}")
-        if self.quarantine_path is not None:
-            lines.append(f"  quarantine file: {self.quarantine_path}")
-        return "\n".join(lines)
+        notes = [f"  normalised  {count:>8}  {text}" for text, count in self.notes.most_common()]
+        return _summary(self, after_reasons=notes)
+
+
+def _summary(report, before_reasons: Sequence[str] = (), after_reasons: Sequence[str] = ()) -> str:
+    """The CLI lines of an ingest report: counts, then the quarantine reasons and file."""
+    lines = [
+        f"{report.source.name}: {report.rows_read} rows read → {report.accepted} accepted, "
+        f"{report.duplicates} duplicates, {report.quarantined} quarantined",
+        *before_reasons,
+    ]
+    lines += [f"  quarantined {count:>8}  {text}" for text, count in report.reasons.most_common()]
+    lines += after_reasons
+    if report.quarantine_path is not None:
+        lines.append(f"  quarantine file: {report.quarantine_path}")
+    return "\n".join(lines)
 
 
 def _file_digest(path: Path) -> str:
@@ -1020,17 +1026,8 @@ class CustomerIngestReport:
 
     def summary(self) -> str:
         """Human-readable lines for the CLI."""
-        lines = [
-            f"{self.source.name}: {self.rows_read} rows read → {self.accepted} accepted, "
-            f"{self.duplicates} duplicates, {self.quarantined} quarantined"
-        ]
-        for name, kind in self.extras.items():
-            lines.append(f"  profile feature  {name} ({kind})")
-        for text, count in self.reasons.most_common():
-            lines.append(f"  quarantined {count:>8}  {text}")
-        if self.quarantine_path is not None:
-            lines.append(f"  quarantine file: {self.quarantine_path}")
-        return "\n".join(lines)
+        extras = [f"  profile feature  {name} ({kind})" for name, kind in self.extras.items()]
+        return _summary(self, before_reasons=extras)
 
 
 def ingest_customers_file(
