@@ -220,6 +220,7 @@ def ingest(
         _fail(str(error))
     console.print(report.summary())
 
+
 @app.command("ingest-customers")
 def ingest_customers(
     file: Annotated[
@@ -1186,6 +1187,10 @@ def demo(
     days: Annotated[int, typer.Option(help="Days of history.")] = PipelineOptions.days,
     trials: Annotated[int, typer.Option(help="Optuna trials per model.")] = PipelineOptions.trials,
     seed: Annotated[int, typer.Option(help="Random seed.")] = PipelineOptions.seed,
+    min_class: Annotated[
+        int | None,
+        typer.Option(help="Refuse to train with fewer examples of either class (small worlds)."),
+    ] = None,
     rerun: RerunOption = False,
     home: HomeOption = None,
 ) -> None:
@@ -1195,7 +1200,9 @@ def demo(
     already holds are skipped unless ``--rerun``."""
     settings = _settings(home)
     console.rule(f"OmniScore demo in {settings.home}")
-    options = PipelineOptions(customers=customers, days=days, seed=seed, trials=trials)
+    options = PipelineOptions(
+        customers=customers, days=days, seed=seed, trials=trials, min_class=min_class
+    )
     _run_stages(settings, options, STAGE_NAMES[-1], STAGE_NAMES[0], rerun)
     console.rule("next")
     console.print(

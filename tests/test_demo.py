@@ -128,8 +128,13 @@ def test_pipeline_refuses_an_unknown_stage_in_one_line(tmp_path: Path) -> None:
 def test_demo_runs_end_to_end_and_prints_only_its_own_output(tmp_path: Path) -> None:
     home = tmp_path / "home"
     result = subprocess.run(
-        # Churn's 60-day label window needs about 300 days of history for time splits.
-        [str(OMNISCORE), "demo", "--customers", "400", "--days", "330", "--trials", "2"],
+        # Churn's 60-day label window needs about 300 days of history for time splits; 400
+        # customers give about 50 churners over the training cutoffs, hence --min-class 20.
+        [
+            str(OMNISCORE),
+            *("demo", "--customers", "400", "--days", "330", "--trials", "2"),
+            *("--min-class", "20"),
+        ],
         env=_env(home),
         capture_output=True,
         text=True,
