@@ -144,8 +144,14 @@ def test_feature_repo_holds_only_definitions_and_builds_nothing_on_import(monkey
 
     monkeypatch.setattr(os, "environ", RecordingEnviron(os.environ))
     monkeypatch.setattr(os, "getenv", lambda key, default=None: os.environ.get(key, default))
+    import feature_repo
+
     for name in DEFINITION_MODULES:
-        sys.modules.pop(f"feature_repo.{name}", None)
+        # Re-import for real, then put the original module back (in sys.modules and on the
+        # package): the catalog is updated in place, so every other test must keep seeing the
+        # one module object the rest of the code imported.
+        monkeypatch.delitem(sys.modules, f"feature_repo.{name}")
+        monkeypatch.setattr(feature_repo, name, getattr(feature_repo, name))
         module = importlib.import_module(f"feature_repo.{name}")
         built = [
             attr
