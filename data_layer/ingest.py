@@ -141,6 +141,15 @@ _EPOCH_SECONDS_LIMIT = 9.2e9
 _EPOCH_UNITS = {"epoch_s": ("s", 1.0), "epoch_ms": ("ms", 1e3)}
 
 
+def _read_mapping_file(path: str | Path) -> dict | None:
+    """The YAML mapping file's keys and values (``None`` for an empty file)."""
+    with open(path, encoding="utf-8") as handle:
+        data = yaml.safe_load(handle)
+    if data is not None and not isinstance(data, dict):
+        raise ValueError(f"{path}: a mapping file must be a YAML mapping of keys to values")
+    return data
+
+
 @dataclass(frozen=True)
 class IngestMapping:
     """How one source's columns and values map onto the canonical event schema."""
@@ -203,11 +212,7 @@ class IngestMapping:
     @classmethod
     def from_yaml(cls, path: str | Path) -> IngestMapping:
         """Load a mapping file (see ``docs/ingest.md`` for a full example)."""
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
-        if data is not None and not isinstance(data, dict):
-            raise ValueError(f"{path}: a mapping file must be a YAML mapping of keys to values")
-        return cls.from_dict(data)
+        return cls.from_dict(_read_mapping_file(path))
 
     def with_overrides(self, **overrides: Any) -> IngestMapping:
         """This mapping with CLI options applied on top; options left as None are ignored."""
@@ -890,11 +895,7 @@ class CustomerMapping:
     @classmethod
     def from_yaml(cls, path: str | Path) -> CustomerMapping:
         """Load a customers mapping file (see ``docs/ingest.md``)."""
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
-        if data is not None and not isinstance(data, dict):
-            raise ValueError(f"{path}: a mapping file must be a YAML mapping of keys to values")
-        return cls.from_dict(data)
+        return cls.from_dict(_read_mapping_file(path))
 
     def fingerprint(self) -> str:
         """A short stable hash of the mapping (names quarantine files of a run)."""
