@@ -26,8 +26,8 @@ answer is exact at any T from ``horizon + HISTORY_NEEDED`` on (nine days before 
 ``now`` with the default horizon); earlier instants raise ``ValueError``.
 
 Two backends: SQLite (embedded, ``$OMNISCORE_HOME/live/state.db``, WAL, several processes) when
-the online store is SQLite, and the online store's Redis (keys ``omniscore:live:…``) when it is
-Redis.
+the online store is SQLite, and the online store's Redis (keys
+``omniscore:live:<feast project>:…``, so projects sharing a Redis keep apart) when it is Redis.
 """
 
 from __future__ import annotations
@@ -55,9 +55,17 @@ LIVE_HORIZON = pd.Timedelta(days=130)
 plus nine days in which features can still be asked at an instant before the newest ``now``."""
 assert LIVE_HORIZON > HISTORY_NEEDED
 REDIS_PREFIX = "omniscore:live:"
+
 REDIS_TTL_MARGIN = pd.Timedelta(days=2)
 """A customer's recent events expire this long after the horizon has passed their last write
 (longer than any accepted clock skew, so every expired event is older than the horizon)."""
+
+
+def redis_key_prefix(project: str) -> str:
+    """Start of every live-state key of one Feast project (``omniscore:live:<project>:``)."""
+    return f"{REDIS_PREFIX}{project}:"
+
+
 EVENT_COLUMNS = (
     "event_id",
     "customer_id",
@@ -324,7 +332,8 @@ class LiveState:
         """
         spec = settings.online_store.strip()
         if spec.startswith("redis"):
-            return cls(_RedisBackend.connect(spec, timeout_seconds), settings)
+            backend = _RedisBackend.connect(spec, timeout_seconds, settings.feast_project)
+            return cls(backend, settings)
         path = settings.home / "live" / "state.db"
         path.parent.mkdir(parents=True, exist_ok=True)
         return cls(_SqliteBackend(path), settings)
@@ -785,13 +794,14 @@ def _member(row: tuple) -> str:
 
 
 class _RedisBackend(_Backend):
-    """Per customer: ``omniscore:live:{id}:recent`` (sorted set by time, expiring a little after
-    the horizon passes its last write), ``…:slots`` (hash) and ``…:profile`` (string). Slots and
-    profile do not expire: a customer silent for longer than the horizon still has a tenure and
-    a *days since* in the batch, so the live path must keep them too."""
+    """Per customer: ``omniscore:live:<project>:{id}:recent`` (sorted set by time, expiring a
+    little after the horizon passes its last write), ``…:slots`` (hash) and ``…:profile``
+    (string). Slots and profile do not expire: a customer silent for longer than the horizon
+    still has a tenure and a *days since* in the batch, so the live path must keep them too."""
 
-    def __init__(self, client) -> None:
+    def __init__(self, client, project: str) -> None:
         self.r = client
+        self.prefix = redis_key_prefix(project)
         # Every Redis operation here is idempotent and commutes, so a fold needs no
         # transaction: a fold cut short is completed by folding the same events again.
         self.transaction = nullcontext
@@ -800,7 +810,7 @@ class _RedisBackend(_Backend):
         self.max = client.register_script(_MAX_LUA)
 
     @classmethod
-    def connect(cls, spec: str, timeout_seconds: float) -> _RedisBackend:
+    def connect(cls, spec: str, timeout_seconds: float, project: str) -> _RedisBackend:
         import redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
@@ -830,17 +840,16 @@ class _RedisBackend(_Backend):
             socket_connect_timeout=timeout_seconds,
             retry=Retry(NoBackoff(), 0),
         )
-        return cls(client)
+        return cls(client, project)
 
-    @staticmethod
-    def _key(customer: str, part: str) -> str:
-        return f"{REDIS_PREFIX}{{{customer}}}:{part}"
+    def _key(self, customer: str, part: str) -> str:
+        return f"{self.prefix}{{{customer}}}:{part}"
 
     def advance_horizon(self, candidate: int) -> int:
-        return int(self.max(keys=[f"{REDIS_PREFIX}horizon"], args=[candidate]))
+        return int(self.max(keys=[f"{self.prefix}horizon"], args=[candidate]))
 
     def horizon(self) -> int | None:
-        value = self.r.get(f"{REDIS_PREFIX}horizon")
+        value = self.r.get(f"{self.prefix}horizon")
         return None if value is None else int(value)
 
     def add_recent(self, rows: list[tuple]) -> dict[str, int]:
@@ -915,7 +924,7 @@ class _RedisBackend(_Backend):
 
     def clear(self) -> None:
         batch: list = []
-        for key in self.r.scan_iter(match=f"{REDIS_PREFIX}*", count=1000):
+        for key in self.r.scan_iter(match=f"{self.prefix}*", count=1000):
             batch.append(key)
             if len(batch) >= 1000:
                 self.r.delete(*batch)

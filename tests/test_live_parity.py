@@ -18,7 +18,7 @@ import pytest
 
 from data_layer.event_store import write_customers, write_events
 from data_layer.feature_pipeline import HISTORY_NEEDED, compute_snapshots
-from data_layer.live_state import LIVE_HORIZON, REDIS_PREFIX, REDIS_TTL_MARGIN, LiveState
+from data_layer.live_state import LIVE_HORIZON, REDIS_TTL_MARGIN, LiveState, redis_key_prefix
 from data_layer.schema import to_canonical_table
 from data_layer.settings import Settings
 from data_layer.synthetic import generate
@@ -125,21 +125,22 @@ def test_live_features_equal_the_batch_at_a_random_intra_day_instant(state, worl
     mismatches = _mismatches(live.reset_index(drop=True), batch.reset_index(drop=True))
     assert not mismatches, f"{len(mismatches)} mismatches, e.g. {mismatches[:5]}"
     if state.settings.online_store.startswith("redis"):
-        _assert_redis_expiry(state.settings.online_store)
+        _assert_redis_expiry(state.settings.online_store, state.settings.feast_project)
 
 
-def _assert_redis_expiry(url: str) -> None:
+def _assert_redis_expiry(url: str, project: str) -> None:
     """Recent events expire a little after the horizon; slots and profiles never do."""
     import redis
 
+    prefix = redis_key_prefix(project)
     client = redis.Redis.from_url(url)
     try:
-        recent = next(client.scan_iter(match=f"{REDIS_PREFIX}*:recent", count=1000))
-        customer = recent.decode()[len(REDIS_PREFIX) :].rsplit(":", 1)[0]
+        recent = next(client.scan_iter(match=f"{prefix}*:recent", count=1000))
+        customer = recent.decode()[len(prefix) :].rsplit(":", 1)[0]
         ttl = pd.Timedelta(seconds=client.ttl(recent))
         assert LIVE_HORIZON < ttl <= LIVE_HORIZON + REDIS_TTL_MARGIN
-        assert client.ttl(f"{REDIS_PREFIX}{customer}:slots") == -1
-        assert client.ttl(f"{REDIS_PREFIX}{customer}:profile") == -1
+        assert client.ttl(f"{prefix}{customer}:slots") == -1
+        assert client.ttl(f"{prefix}{customer}:profile") == -1
     finally:
         client.close()
 
