@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import queue
 import sqlite3
 import threading
@@ -272,7 +273,7 @@ class ScoreLog:
             self._ready.set()
             return
         self._ready.set()
-        last_retention = 0.0
+        last_retention = -math.inf  # a new writer applies the retention at once
         stop = False
         while not stop:
             try:

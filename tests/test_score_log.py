@@ -65,11 +65,17 @@ def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path):
     blocker = sqlite3.connect(destination(settings))
     blocker.execute("BEGIN EXCLUSIVE")
     assert _record(log, ["A"], DAY)
-    time.sleep(1.0)  # the writer has taken batch A and waits for the lock
+    deadline = time.monotonic() + 30
+    while log._queue.qsize() and time.monotonic() < deadline:
+        time.sleep(0.01)  # until the writer has taken batch A and waits for the lock
+    assert log._queue.qsize() == 0
     assert _record(log, ["B"], DAY) and _record(log, ["C"], DAY)
-    started = time.perf_counter()
-    assert not _record(log, ["D", "E"], DAY)  # the queue is full
-    assert time.perf_counter() - started < 0.01
+    # The queue is full: the next record returns (dropped) while the writer still waits.
+    outcome: list[bool] = []
+    caller = threading.Thread(target=lambda: outcome.append(_record(log, ["D", "E"], DAY)))
+    caller.start()
+    caller.join(timeout=10)
+    assert not caller.is_alive() and outcome == [False]
     assert log.dropped == 1 and dropped == [2]
     blocker.rollback()
     blocker.close()
