@@ -7,13 +7,16 @@ that executable. The service is ``bentoml serve`` in a subprocess on a copy of
 browser is found the browser tests are skipped with the reason, unless
 ``OMNISCORE_REQUIRE_SERVICES=1`` (CI), where they fail.
 
-The screenshots of the page (desktop and phone-sized) are written to ``docs/img/``.
+The screenshots of the page (desktop and phone-sized) are written to
+``$OMNISCORE_SCREENSHOTS`` when set (``docs/img/`` to refresh the docs' pictures), otherwise
+to the test's temporary folder: a test run leaves the checkout as it found it.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import httpx
@@ -25,8 +28,7 @@ from data_layer.live_state import LiveState
 from serving.launcher import start_server
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
-IMAGES = ROOT / "docs" / "img"
+IMAGES = Path(os.environ.get("OMNISCORE_SCREENSHOTS") or tempfile.mkdtemp(prefix="ui-shots-"))
 CHROMIUM = os.environ.get("OMNISCORE_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -164,6 +166,7 @@ def test_search_shows_the_customer_and_a_posted_event_moves_the_page(browser, se
     page.wait_for_timeout(500)  # the explanation of the new state
     IMAGES.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(IMAGES / "customer-page.png"), full_page=True)
+    assert (IMAGES / "customer-page.png").stat().st_size > 10_000
     assert not errors, errors
     context.close()
 
@@ -179,6 +182,7 @@ def test_the_page_fits_a_phone_screen(browser, server):
     columns = page.evaluate("getComputedStyle(document.querySelector('main')).gridTemplateColumns")
     assert len(columns.split()) == 1, columns
     page.screenshot(path=str(IMAGES / "customer-page-phone.png"), full_page=True)
+    assert (IMAGES / "customer-page-phone.png").stat().st_size > 10_000
     context.close()
 
 
