@@ -35,16 +35,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pandas as pd
 
-from benchmarks.bench_serving import percentiles
+from benchmarks.bench_serving import percentiles, trivial_server
 from benchmarks.run import cpu_ticks
+from data_layer.schema import SOURCE_COLUMNS
 from data_layer.settings import Settings
 
 TARGETS = {
@@ -54,21 +53,10 @@ TARGETS = {
     "score_ratio_to_trivial": 2.0,
 }
 REDIS_URL = "redis://127.0.0.1:6379/9"
-"""A private Redis database: the live state's keys are not per Feast project."""
+"""A private Redis database, flushed by the benchmark."""
 BENCH_PROJECT = "omniscore_bench_live"
 API_KEY = "bench-live-key-0123456789abcdef"
 MAX_EVENTS_PER_REQUEST = 1000
-CHANNEL_FIELDS = (
-    "customer_id",
-    "event_timestamp",
-    "channel",
-    "event_type",
-    "amount",
-    "session_id",
-    "device",
-    "rating",
-    "campaign_id",
-)
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -209,9 +197,9 @@ def live_events(customers: list[str], clock: pd.Timestamp, count: int, seed: int
         clock - pd.Timedelta(minutes=1) - (stamps.max() - stamps) * (pd.Timedelta(days=2) / span)
     ).dt.floor("us")
     out = []
-    for i, row in enumerate(world[list(CHANNEL_FIELDS)].itertuples(index=False)):
+    for i, row in enumerate(world[list(SOURCE_COLUMNS)].itertuples(index=False)):
         event = {"event_id": f"bench-live-{seed}-{i:09d}"}
-        for name, value in zip(CHANNEL_FIELDS, row, strict=True):
+        for name, value in zip(SOURCE_COLUMNS, row, strict=True):
             if value is None or (isinstance(value, float) and value != value) or value is pd.NA:
                 continue
             event[name] = iso(value) if name == "event_timestamp" else value
@@ -334,29 +322,6 @@ def time_score(
             **machine.done(),
         }
     return out
-
-
-@contextmanager
-def trivial_server(work: Path) -> Iterator[str]:
-    """:mod:`benchmarks.trivial_service` served by BentoML for the whole run; its URL."""
-    from serving.launcher import REPO_ROOT, ServerHandle, free_port
-
-    port = free_port()
-    env = {**os.environ, "BENTOML_HOME": str(work / "bentoml-trivial")}
-    command = [sys.executable, "-m", "bentoml", "serve", "benchmarks.trivial_service:Trivial"]
-    command += ["--host", "127.0.0.1", "--port", str(port)]
-    log_path = work / "trivial-service.log"
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            command, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-    server = ServerHandle(f"http://127.0.0.1:{port}", process, None, log_path)
-    try:
-        server.wait_ready(180)
-        yield server.url
-    finally:
-        server.stop()
 
 
 def start_sender(url: str, events_path: Path, rate: float, seconds: float, probe_every: int):

@@ -32,6 +32,8 @@ import json
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -157,6 +159,21 @@ def time_trivial_endpoint(work: Path, requests: int) -> dict:
     """p50 / p99 of :mod:`benchmarks.trivial_service` over HTTP: BentoML's and the client's
     own cost per request on this machine, the part of ``/score`` no OmniScore code can remove.
     """
+    with trivial_server(work) as url, httpx.Client(base_url=url, timeout=30) as client:
+        times, errors = [], 0
+        for i in range(requests + 20):
+            began = time.perf_counter()
+            response = client.post("/echo", json={"customer_ids": ["0000001"]})
+            elapsed = time.perf_counter() - began
+            errors += response.status_code != 200
+            if i >= 20:
+                times.append(elapsed)
+    return {**percentiles(times), "errors": errors}
+
+
+@contextmanager
+def trivial_server(work: Path) -> Iterator[str]:
+    """:mod:`benchmarks.trivial_service` served by BentoML (the reference endpoint); its URL."""
     import os
     import subprocess
     import sys
@@ -175,17 +192,8 @@ def time_trivial_endpoint(work: Path, requests: int) -> dict:
         )  # fmt: skip
     server = ServerHandle(f"http://127.0.0.1:{port}", process, None, log_path)
     try:
-        server.wait_ready(120)
-        with httpx.Client(base_url=server.url, timeout=30) as client:
-            times, errors = [], 0
-            for i in range(requests + 20):
-                began = time.perf_counter()
-                response = client.post("/echo", json={"customer_ids": ["0000001"]})
-                elapsed = time.perf_counter() - began
-                errors += response.status_code != 200
-                if i >= 20:
-                    times.append(elapsed)
-        return {**percentiles(times), "errors": errors}
+        server.wait_ready(180)
+        yield server.url
     finally:
         server.stop()
 

@@ -51,6 +51,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from data_layer.live_segment import fsync_dir
 from data_layer.settings import Settings
 
 ERASED_REASON = "erased customer"
@@ -475,15 +476,20 @@ def _rewrite_without(path: Path, keep: pa.ChunkedArray | pa.Array, table: pa.Tab
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _delete_customers(conn: sqlite3.Connection, table: str, ids: Sequence[str]) -> int:
+    """Delete the rows of ``ids`` from a SQLite ``table`` (in chunks under SQLite's bound
+    variable limit); returns how many went."""
+    removed = 0
+    for lo in range(0, len(ids), _CHUNK):
+        part = list(ids[lo : lo + _CHUNK])
+        marks = ",".join("?" * len(part))
+        removed += conn.execute(
+            f'DELETE FROM "{table}" WHERE customer_id IN ({marks})', part
+        ).rowcount
+    return removed
 
 
 def _clean_leftovers(folder: Path) -> None:
@@ -532,13 +538,7 @@ def _forget_events(settings: Settings, erased: set[str]) -> int:
             removed += len(gone)
         if segment.exists():
             conn = live_segment._connect(settings)
-            pending = list(erased)
-            for lo in range(0, len(pending), _CHUNK):
-                part = pending[lo : lo + _CHUNK]
-                marks = ",".join("?" * len(part))
-                removed += conn.execute(
-                    f"DELETE FROM pending WHERE customer_id IN ({marks})", part
-                ).rowcount
+            removed += _delete_customers(conn, "pending", list(erased))
             _vacuum(conn)
     return removed
 
@@ -719,12 +719,7 @@ def _forget_sqlite_tables(settings: Settings, ids: list[str]) -> dict[str, int]:
             removed = 0
             conn.execute("BEGIN IMMEDIATE")
             for table in tables:
-                for lo in range(0, len(ids), _CHUNK):
-                    part = ids[lo : lo + _CHUNK]
-                    marks = ",".join("?" * len(part))
-                    removed += conn.execute(
-                        f'DELETE FROM "{table}" WHERE customer_id IN ({marks})', part
-                    ).rowcount
+                removed += _delete_customers(conn, table, ids)
             conn.execute("COMMIT")
             # Vacuumed even when nothing matched: rows deleted earlier (a retention sweep)
             # may still sit in free pages.

@@ -172,7 +172,8 @@ def _parquet_files(settings: Settings) -> list[Path]:
     return sorted(settings.events_dir.glob("*.parquet"))
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in folder ``path`` durable (fsync the folder itself)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -379,7 +380,7 @@ def seal(settings: Settings) -> Path | None:
             handle.flush()
             os.fsync(handle.fileno())
         tmp.rename(path)
-        _fsync_dir(settings.events_dir)
+        fsync_dir(settings.events_dir)
         with _transaction(conn):
             conn.execute("INSERT OR IGNORE INTO indexed_files VALUES (?)", (path.name,))
             conn.execute("DELETE FROM pending WHERE seq BETWEEN ? AND ?", (first, last))

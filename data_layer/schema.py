@@ -106,7 +106,7 @@ CUSTOMER_SCHEMA = pa.schema(
 )
 """Arrow schema of the customers (profile) table."""
 
-_HASHED_COLUMNS = (
+SOURCE_COLUMNS = (
     "customer_id",
     "event_timestamp",
     "channel",
@@ -117,6 +117,8 @@ _HASHED_COLUMNS = (
     "rating",
     "campaign_id",
 )
+"""The columns a source event carries: what a client sends, and what a computed event id
+hashes."""
 _HEX_PAIRS = np.array([f"{i:02x}".encode() for i in range(256)], dtype="S2")
 
 
@@ -152,7 +154,7 @@ def _code_columns(events: pd.DataFrame) -> dict[str, np.ndarray | tuple[np.ndarr
     """A frame's hashed columns in the form :func:`event_id_hashes_from_codes` takes."""
     n = len(events)
     columns: dict[str, np.ndarray | tuple[np.ndarray, np.ndarray]] = {}
-    for col in _HASHED_COLUMNS:
+    for col in SOURCE_COLUMNS:
         values = events[col] if col in events else pd.Series(None, index=events.index)
         if col == "event_timestamp":
             # Hash nanoseconds whatever the input resolution (Parquet reads back microseconds).
@@ -191,7 +193,7 @@ def event_id_hashes_from_codes(
     """
     first: list[np.ndarray] = []
     second: list[np.ndarray] = []
-    for col in _HASHED_COLUMNS:
+    for col in SOURCE_COLUMNS:
         value = columns[col]
         if isinstance(value, tuple):
             codes, strings = value
@@ -208,7 +210,7 @@ def event_id_hashes_from_codes(
             hashed = pd.util.hash_array(np.asarray(value))
             first.append(hashed)
             second.append(pd.util.hash_array(hashed ^ _SALT))
-    n = len(_HASHED_COLUMNS)
+    n = len(SOURCE_COLUMNS)
     return np.column_stack(
         [combine_hash_arrays(iter(first), n), combine_hash_arrays(iter(reversed(second)), n)]
     )

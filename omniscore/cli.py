@@ -201,9 +201,7 @@ def ingest(
     """Validate and add your own event log; rejected rows go to quarantine with a reason."""
     from data_layer.ingest import ingest_file, load_mapping
 
-    settings = _settings(home)
-    settings.ensure_dirs()
-    try:
+    def run(settings: Settings):
         rules = load_mapping(
             mapping,
             timezone=timezone,
@@ -215,7 +213,18 @@ def ingest(
             amounts=amounts,
             event_id_column=event_id_column,
         )
-        report = ingest_file(settings, file, rules, file_format=file_format)
+        return ingest_file(settings, file, rules, file_format=file_format)
+
+    _ingest(home, run)
+
+
+def _ingest(home: Path | None, run) -> None:
+    """Run one ingest (``run(settings) -> report``): a bad mapping or a missing file is one
+    line and exit 2; otherwise the report's summary."""
+    settings = _settings(home)
+    settings.ensure_dirs()
+    try:
+        report = run(settings)
     except (ValueError, FileNotFoundError) as error:
         _fail(str(error))
     console.print(report.summary())
@@ -238,14 +247,11 @@ def ingest_customers(
     """Validate and add a customer (profile) table; rejected rows go to quarantine."""
     from data_layer.ingest import CustomerMapping, ingest_customers_file
 
-    settings = _settings(home)
-    settings.ensure_dirs()
-    try:
+    def run(settings: Settings):
         rules = CustomerMapping.from_yaml(mapping) if mapping else CustomerMapping()
-        report = ingest_customers_file(settings, file, rules, file_format=file_format)
-    except (ValueError, FileNotFoundError) as error:
-        _fail(str(error))
-    console.print(report.summary())
+        return ingest_customers_file(settings, file, rules, file_format=file_format)
+
+    _ingest(home, run)
 
 
 @app.command("migrate-event-ids")
@@ -1159,6 +1165,7 @@ def pipeline(
         int | None, typer.Option(min=3, help="Weekly snapshots to build (default 40).")
     ] = None,
     trials: Annotated[int, typer.Option(help="Optuna trials per model.")] = PipelineOptions.trials,
+    cutoffs: CutoffsOption = None,
     min_class: Annotated[
         int | None, typer.Option(help="Refuse to train with fewer examples of either class.")
     ] = None,
@@ -1173,6 +1180,7 @@ def pipeline(
         seed=seed,
         snapshot_weeks=snapshot_weeks,
         trials=trials,
+        cutoffs=cutoffs,
         min_class=min_class,
     )
     _run_stages(settings, options, until, first, rerun)
@@ -1187,6 +1195,7 @@ def demo(
     days: Annotated[int, typer.Option(help="Days of history.")] = PipelineOptions.days,
     trials: Annotated[int, typer.Option(help="Optuna trials per model.")] = PipelineOptions.trials,
     seed: Annotated[int, typer.Option(help="Random seed.")] = PipelineOptions.seed,
+    cutoffs: CutoffsOption = None,
     min_class: Annotated[
         int | None,
         typer.Option(help="Refuse to train with fewer examples of either class (small worlds)."),
@@ -1201,7 +1210,12 @@ def demo(
     settings = _settings(home)
     console.rule(f"OmniScore demo in {settings.home}")
     options = PipelineOptions(
-        customers=customers, days=days, seed=seed, trials=trials, min_class=min_class
+        customers=customers,
+        days=days,
+        seed=seed,
+        trials=trials,
+        cutoffs=cutoffs,
+        min_class=min_class,
     )
     _run_stages(settings, options, STAGE_NAMES[-1], STAGE_NAMES[0], rerun)
     console.rule("next")

@@ -98,6 +98,11 @@ def _us(at: pd.Timestamp) -> int:
     return int(pd.Timestamp(at).value // 1000)
 
 
+def _fresh(entry, at_us: int) -> bool:
+    """Whether a cache entry (or None) holds a customer's features at ``at_us``."""
+    return entry is not None and entry.computed_us <= at_us < entry.valid_until_us
+
+
 def days_between_us(later_us: np.ndarray | int, earlier_us: np.ndarray) -> np.ndarray:
     """``(later - earlier)`` in days, rounded as the batch pipeline rounds it
     (``Timedelta.total_seconds() / 86400``)."""
@@ -168,48 +173,35 @@ class LiveFeatures:
         self, layout: FeatureLayout, customer_ids: list[str], at: pd.Timestamp
     ) -> FeatureBatch:
         """Features of ``customer_ids`` at ``at`` in ``layout``'s order (unknown: missing)."""
+        entries = self._entries_at(customer_ids, at)
+        return self._assemble(layout, customer_ids, entries, _us(at))
+
+    def _entries_at(self, customer_ids: Sequence[str], at: pd.Timestamp) -> dict:
+        """The cache entry of each distinct customer valid at ``at``, recomputing the stale
+        and missing ones (counted as misses; the rest as hits)."""
         self.sync()
         at_us = _us(at)
         with self._lock:
             entries = {c: self._entries.get(c) for c in dict.fromkeys(customer_ids)}
-        stale = [
-            c
-            for c, e in entries.items()
-            if e is None or not (e.computed_us <= at_us < e.valid_until_us)
-        ]
+        stale = [c for c, e in entries.items() if not _fresh(e, at_us)]
         self.hits += len(entries) - len(stale)
         self.misses += len(stale)
         if stale:
             entries.update(self._compute(stale, at))
-        return self._assemble(layout, customer_ids, entries, at_us)
+        return entries
 
     def cached(self, customer_ids: Sequence[str], at: pd.Timestamp) -> bool:
         """Whether every one of ``customer_ids`` can be served at ``at`` without recomputing."""
         self.sync()
         at_us = _us(at)
         with self._lock:
-            for customer in customer_ids:
-                entry = self._entries.get(customer)
-                if entry is None or not (entry.computed_us <= at_us < entry.valid_until_us):
-                    return False
-        return True
+            return all(_fresh(self._entries.get(c), at_us) for c in customer_ids)
 
     def features_frame(self, customer_ids: Sequence[str], at: pd.Timestamp) -> pd.DataFrame:
         """``LiveState.features`` rows of the known customers, through the cache."""
-        self.sync()
-        at_us = _us(at)
         ids = list(dict.fromkeys(customer_ids))
-        with self._lock:
-            entries = {c: self._entries.get(c) for c in ids}
-        stale = [
-            c
-            for c, e in entries.items()
-            if e is None or not (e.computed_us <= at_us < e.valid_until_us)
-        ]
-        self.hits += len(entries) - len(stale)
-        self.misses += len(stale)
-        if stale:
-            entries.update(self._compute(stale, at))
+        entries = self._entries_at(ids, at)
+        at_us = _us(at)
         rows = []
         for customer in ids:
             entry = entries.get(customer)
