@@ -24,13 +24,18 @@ demo: install ## Run the main job on the embedded stores: generate → features 
 	$(BIN)/omniscore demo
 
 # Tests train on tiny data, where one LightGBM thread beats two contending for 2 cores.
+# Two pytest-xdist workers, one per core, each taking whole modules (their module fixtures
+# start servers and train once); the session's world is built once for both (conftest.py).
 # Tiers (tests/conftest.py): unit, integration (real Feast, MLflow, HTTP), slow (trains or
 # runs a whole command). The slowest tests are listed after each run.
+TEST_WORKERS ?= 2
+PYTEST := OMNISCORE_LGBM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: install ## Run the whole test suite (what .ci/run calls)
-	OMNISCORE_LGBM_THREADS=1 $(BIN)/python -m pytest -q --durations=15
+	$(PYTEST) --durations=15
 
 test-fast: install ## Run the unit and integration tests, without the slow ones (no training)
-	OMNISCORE_LGBM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow" --durations=10
+	$(PYTEST) -m "not slow" --durations=10
 
 lint: install ## Check lint and formatting with ruff
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

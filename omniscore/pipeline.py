@@ -42,6 +42,9 @@ class PipelineOptions:
     models: tuple[str, ...] = MODEL_NAMES
     """Models to train and promote, by their contract names (:mod:`training.contract`)."""
     trials: int = 6
+    cutoffs: int | None = None
+    """Snapshot cutoffs of the classifiers' time split (None: chosen from the history and
+    the horizon, as ``omniscore train`` does without ``--cutoffs``)."""
     train_seed: int | None = None
     min_class: int | None = None
     """Fewest training rows of either class (None: training's default)."""
@@ -144,7 +147,9 @@ def _train(settings: Settings, options: PipelineOptions) -> list:
     from training.datasets import IneligibleError
     from training.train import train_model
 
-    extra = {} if options.min_class is None else {"min_class": options.min_class}
+    extra: dict = {} if options.min_class is None else {"min_class": options.min_class}
+    if options.cutoffs is not None:
+        extra["n_cutoffs"] = options.cutoffs
     seed = options.seed if options.train_seed is None else options.train_seed
     results = []
     for model in options.models:

@@ -28,7 +28,8 @@ class WorkspaceSize:
     """How large a world to simulate when the home is empty, and how hard to train on it.
 
     Read from ``OMNISCORE_NB_CUSTOMERS``, ``OMNISCORE_NB_DAYS``, ``OMNISCORE_NB_TRIALS``,
-    ``OMNISCORE_NB_SEED`` and ``OMNISCORE_NB_MIN_CLASS`` by :meth:`from_env`.
+    ``OMNISCORE_NB_SEED``, ``OMNISCORE_NB_MIN_CLASS`` and ``OMNISCORE_NB_CUTOFFS`` by
+    :meth:`from_env`.
     """
 
     customers: int = 600
@@ -38,6 +39,8 @@ class WorkspaceSize:
     min_class: int = 20
     """Fewest training rows of either class: a small world needs a lower bar than the
     production default (100), or propensity and churn refuse to train."""
+    cutoffs: int | None = None
+    """Snapshot cutoffs of the classifiers' time split (None: chosen from the history)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkspaceSize:
@@ -121,6 +124,7 @@ def ensure_home(
         seed=size.seed,
         models=tuple(models),
         trials=size.trials,
+        cutoffs=size.cutoffs,
         min_class=size.min_class,
     )
     started = time.perf_counter()

@@ -23,6 +23,7 @@ snapshots, Feast applied) through ``copy_world``; ``mlflow_db`` (MLflow's SQLite
 from __future__ import annotations
 
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -232,22 +233,51 @@ def postgres_db(services):
 
 @pytest.fixture
 def redis_project(services):
-    """A unique Feast project name (Redis keys end with it); its keys are deleted afterwards."""
+    """A unique Feast project name; its keys (Feast's end with it, the live state's start
+    with ``omniscore:live:<project>:``) are deleted afterwards."""
     import uuid
 
     import redis
 
+    from data_layer.live_state import redis_key_prefix
+
     project = f"omniscore_test_{uuid.uuid4().hex[:12]}"
     yield project
     client = redis.Redis.from_url(services["redis"])
-    suffix = project.encode()
-    keys = list(client.scan_iter(match=b"*" + suffix, count=1000))
+    keys = list(client.scan_iter(match=b"*" + project.encode(), count=1000))
+    keys += client.scan_iter(match=f"{redis_key_prefix(project)}*", count=1000)
     if keys:
         client.delete(*keys)
     client.close()
 
 
 # --- the generated world, built once per session (tests/training_home.py) ----------------------
+
+
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """The folder ``name`` that ``build(folder)`` fills, built once per test run.
+
+    Under pytest-xdist (``make test`` runs two workers) every worker asks for the session's
+    shared data; the first builds it under a file lock in the run's common temporary folder
+    and the others wait, then read the same folder. Everything built here is read-only: tests
+    change copies of it.
+    """
+    import os
+
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, shared by its workers
+    folder, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            if folder.exists():  # a build that failed part-way in another worker
+                shutil.rmtree(folder)
+            folder.mkdir(parents=True)
+            build(folder)
+            done.touch()
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -257,7 +287,10 @@ def mlflow_db(tmp_path_factory):
     MLflow creates its schema once per session (seconds of migrations); each database is a
     copy of that empty one.
     """
-    template = create_mlflow_schema(tmp_path_factory.mktemp("mlflow-schema") / "mlflow.db")
+    folder = built_once(
+        tmp_path_factory, "mlflow-schema", lambda d: create_mlflow_schema(d / "mlflow.db")
+    )
+    template = folder / "mlflow.db"
     return lambda path: new_mlflow_db(template, Path(path))
 
 
@@ -265,9 +298,12 @@ def mlflow_db(tmp_path_factory):
 def world_template(tmp_path_factory, mlflow_db) -> Settings:
     """The 500-customer world (events, weekly snapshots, Feast applied, an empty MLflow
     database), built once per session. Never change it: take a copy with ``copy_world``."""
-    settings = build_home(tmp_path_factory.mktemp("world-template"))
-    mlflow_db(settings.home / "mlflow.db")
-    return settings
+
+    def build(path: Path) -> None:
+        settings = build_home(path)
+        mlflow_db(settings.home / "mlflow.db")
+
+    return Settings.from_env(built_once(tmp_path_factory, "world-template", build))
 
 
 @pytest.fixture(scope="session")
@@ -286,8 +322,38 @@ def serving_home(copy_world, tmp_path_factory) -> Settings:
     """
     from data_layer.feast_store import materialize
 
-    settings = copy_world(tmp_path_factory.mktemp("serving-home"))
-    materialize(settings)
-    for model in SERVING_MODELS:
-        train_and_promote(settings, model, seed=1)
-    return settings
+    def build(path: Path) -> None:
+        settings = copy_world(path)
+        materialize(settings)
+        for model in SERVING_MODELS:
+            train_and_promote(settings, model, seed=1)
+
+    return Settings.from_env(built_once(tmp_path_factory, "serving-home", build))
+
+
+# --- test order ---------------------------------------------------------------------------------
+SLOWEST_MODULES = (
+    "test_spark.py",
+    "test_training_e2e.py",
+    "test_production.py",
+    "test_notebooks.py",
+    "test_training_contract.py",
+    "test_forget.py",
+    "test_monitor.py",
+    "test_live_service.py",
+    "test_registry.py",
+    "test_serving_api.py",
+    "test_http_contract.py",
+    "test_triggers.py",
+    "test_demo.py",
+    "test_ui.py",
+    "test_mlproject.py",
+)
+"""Modules that take longest (``--durations`` of a whole run), slowest first."""
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Run the slowest modules first: ``make test``'s two xdist workers each take whole
+    modules in this order, so neither is left alone with a long module started last."""
+    rank = {name: i for i, name in enumerate(SLOWEST_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -130,10 +130,11 @@ def test_demo_runs_end_to_end_and_prints_only_its_own_output(tmp_path: Path) -> 
     result = subprocess.run(
         # Churn's 60-day label window needs about 300 days of history for time splits; 400
         # customers give about 50 churners over the training cutoffs, hence --min-class 20.
+        # Four cutoffs (validation, test, two to train on) keep the run short.
         [
             str(OMNISCORE),
             *("demo", "--customers", "400", "--days", "330", "--trials", "2"),
-            *("--min-class", "20"),
+            *("--min-class", "20", "--cutoffs", "4"),
         ],
         env=_env(home),
         capture_output=True,

@@ -1,10 +1,11 @@
 """The live path of the scoring service over real HTTP: ``POST /events``, read-your-writes,
 features served as of a fixed clock, and ``GET /customers/{id}``.
 
-One trained home per module (500 generated customers, one Optuna trial per model, promoted;
-the live state bootstrapped from its event store) and a ``bentoml serve`` subprocess with
-``OMNISCORE_CLOCK`` fixed at an intra-day instant after the generated world. A second server
-runs two days later on the same home, to show windows sliding with the clock alone.
+One home per module (a private copy of conftest.py's ``serving_home``: 500 generated
+customers, small real models promoted; the live state bootstrapped from its event store) and
+a ``bentoml serve`` subprocess with ``OMNISCORE_CLOCK`` fixed at an intra-day instant after the
+generated world. A second server runs two days later on the same home, to show windows
+sliding with the clock alone.
 """
 
 from __future__ import annotations
@@ -14,17 +15,15 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from training_home import build_home
+from training_home import copy_home
 
 from data_layer.event_store import read_customers, read_events
-from data_layer.feast_store import feature_store, materialize, online_features
+from data_layer.feast_store import feature_store, online_features
 from data_layer.feature_pipeline import compute_snapshots
 from data_layer.live_state import LiveState
 from data_layer.synthetic import generate
 from serving.launcher import start_server
 from training.model_io import load_champion
-from training.registry import promote
-from training.train import train_model
 
 pytestmark = pytest.mark.slow
 API_KEY = "live-key-0123456789abcdef"
@@ -37,13 +36,8 @@ def iso(at: pd.Timestamp) -> str:
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    settings = build_home(tmp_path_factory.mktemp("live-home"))
-    materialize(settings)
-    for model in ("propensity", "churn", "segments"):
-        extra = {"horizon_days": 30} if model == "churn" else {}
-        train_model(settings, model, trials=1, seed=1, **extra)
-        assert promote(settings, model, force=True, reason="live service tests").promoted
+def home(serving_home, tmp_path_factory):
+    settings = copy_home(serving_home, tmp_path_factory.mktemp("live-home"))
     with LiveState.open(settings) as state:
         state.bootstrap(CLOCK)
     return settings

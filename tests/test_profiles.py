@@ -301,5 +301,5 @@ def test_declared_extras_reach_the_training_set_and_a_trained_model(copy_world, 
     assert set(ts.frame["segment"].dropna()) == {"pro", "hobby"}
     assert ts.frame["score"].notna().all()
 
-    result = train_model(settings, "propensity", trials=1, seed=1, register=False)
+    result = train_model(settings, "propensity", trials=1, seed=1, n_cutoffs=4, register=False)
     assert result.feature_service == "propensity_v1" and "test_roc_auc" in result.metrics

@@ -85,7 +85,7 @@ def _alias(settings, alias: str) -> str:
 
 def test_promotion_gate_force_and_rollback(home):
     client = _client(home)
-    first = train_model(home, "propensity", trials=2, seed=5, min_class=20)
+    first = train_model(home, "propensity", trials=2, seed=5, min_class=20, n_cutoffs=4)
     decision = promote(home, "propensity", policy=POLICY)
     assert decision.promoted and decision.previous_champion is None
     assert "first version" in decision.reason
@@ -116,7 +116,7 @@ def test_promotion_gate_force_and_rollback(home):
     assert _alias(home, "champion") == "1"
     assert client.get_model_version(NAME, worse).tags["rollback.restored_version"] == "1"
 
-    better = train_model(home, "propensity", trials=2, seed=5, min_class=20)
+    better = train_model(home, "propensity", trials=2, seed=5, min_class=20, n_cutoffs=4)
     assert better.version == "3" and _alias(home, "challenger") == "3"
     promoted = promote(home, "propensity", policy=POLICY)
     assert promoted.promoted and not promoted.forced and promoted.previous_champion == "1"
@@ -140,7 +140,7 @@ def _metrics_on_label(settings, name: str, version: str, spec: LabelSpec) -> dic
 
 def test_each_version_is_gated_on_the_label_it_was_trained_with(home):
     # A churn model trained on 30-day labels was judged on the default 60-day labels.
-    short = train_model(home, "churn", trials=1, seed=5, min_class=20, horizon_days=30)
+    short = train_model(home, "churn", trials=1, seed=5, min_class=20, horizon_days=30, n_cutoffs=4)
     tags = _client(home).get_model_version("omniscore-churn", short.version).tags
     assert tags["omniscore.label_horizon_days"] == "30"
     assert tags["omniscore.label_lookback_days"] == "90"
@@ -151,7 +151,7 @@ def test_each_version_is_gated_on_the_label_it_was_trained_with(home):
     )
     assert first.evaluated_on.startswith("churn@") and "label 30d" in first.evaluated_on
 
-    default = train_model(home, "churn", trials=1, seed=5, min_class=20)
+    default = train_model(home, "churn", trials=1, seed=5, min_class=20, n_cutoffs=4)
     second = promote(home, "churn", policy=POLICY)
     assert second.challenger_metrics == _metrics_on_label(
         home, "omniscore-churn", default.version, LabelSpec.default("churn")

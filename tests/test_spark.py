@@ -79,7 +79,9 @@ def test_spark_snapshots_equal_the_embedded_ones_every_value(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_spark_batch_scores_equal_the_embedded_ones(serving_home, tmp_path) -> None:
-    from serving.batch import score_batch
+    from data_layer.feast_store import feature_store
+    from serving.batch import batch_partition_count, score_batch
+    from serving.scoring import load_model_set
     from serving.spark_batch import score_batch_spark
 
     settings = copy_home(serving_home, tmp_path / "home")
@@ -96,8 +98,11 @@ def test_spark_batch_scores_equal_the_embedded_ones(serving_home, tmp_path) -> N
     b = _sorted(pq.read_table(tmp_path / "spark.parquet").to_pandas(), ["customer_id"])
     pd.testing.assert_frame_equal(a, b, check_exact=True)
 
-    # The embedded engine's partitioned batch (a budget too small for one pass) too.
-    tiny = Settings.from_env(settings.home, env={"OMNISCORE_BUILD_MEMORY_MB": "1"})
+    # The embedded engine's partitioned batch (a budget too small for one pass) too; a few
+    # buckets are enough to show it (every bucket reads the snapshot files again).
+    tiny = Settings.from_env(settings.home, env={"OMNISCORE_BUILD_MEMORY_MB": "4"})
+    layout = load_model_set(tiny, feature_store(tiny)).layout
+    assert 1 < batch_partition_count(tiny, layout) <= 8
     parted = score_batch(tiny, tmp_path / "partitioned.parquet", as_of=as_of)
     assert parted.customers == embedded.customers
     c = _sorted(pq.read_table(tmp_path / "partitioned.parquet").to_pandas(), ["customer_id"])

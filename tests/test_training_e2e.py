@@ -32,7 +32,9 @@ def home(copy_world, tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(home):
     return {
-        "propensity": train_model(home, "propensity", trials=TRIALS, seed=3, min_class=20),
+        "propensity": train_model(
+            home, "propensity", trials=TRIALS, seed=3, min_class=20, n_cutoffs=4
+        ),
         "segments": train_model(home, "segments", trials=TRIALS, seed=3),
     }
 
@@ -134,6 +136,7 @@ def test_same_seed_same_metrics(home):
             trials=2,
             seed=11,
             min_class=20,
+            n_cutoffs=4,
             register=False,
             storage_url=MEMORY_STORAGE,
             experiment="determinism",
