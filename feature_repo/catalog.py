@@ -588,6 +588,25 @@ def features_markdown() -> str:
         "computes features by running this same pipeline on them, so the live path and the "
         "batch pipeline give equal values at the same instant.",
         "",
+        "## BG/NBD features: one population fit per instant",
+        "",
+        "`bgnbd_p_alive` and `bgnbd_expected_purchases_"
+        f"{BGNBD_HORIZON_DAYS}d` are the one place where a customer's features depend on other "
+        "customers: the BG/NBD model's four population parameters are fitted at each snapshot "
+        "instant T by maximum likelihood on every customer's purchase-day summary before T "
+        "(nothing at or after T, so no leakage; the point-in-time property test covers them). "
+        "Each build fits them once per instant over the whole store, before any customer "
+        "partition or Spark task, so the one-pass, partitioned and Spark builds give identical "
+        "values, and stores them in `bgnbd_params.json` beside the snapshots. The "
+        "per-customer values are closed forms of the customer's own purchase days and those "
+        "parameters: the live path computes them with the parameters of the latest built "
+        "instant at or before its own (never a later one, which has seen the future), so at a "
+        "built instant it equals the batch exactly and between builds it applies the previous "
+        "fit to the customer's current purchases. A population with no repeat purchase "
+        "identifies no parameters: both features are then null. The parameters are aggregates "
+        "of the whole population, not a customer's data, so erasure leaves the file as it is "
+        "until the next build.",
+        "",
         "## Customers with no events",
         "",
         "A customer appears in a snapshot at T when they signed up before T or have any event "
