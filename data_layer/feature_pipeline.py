@@ -484,8 +484,8 @@ def bgnbd_population(
     and ``event_type`` are read. The fit sees the multiset of summaries only, so it is the same
     whoever computes it (one pass, each partitioned build, the Spark driver) and equal to
     :func:`data_layer.bgnbd.fit` on :func:`data_layer.bgnbd.rfm_summary` at that cutoff. None at
-    an instant with nothing to fit (no purchase before it, or every buyer first bought on T's
-    day).
+    an instant with nothing to fit: no purchase before it, every buyer first bought on T's day,
+    or no buyer has a repeat purchase (the parameters are then not identified).
     """
     stamps = snapshot_instants(times)
     con = connection if connection is not None else duckdb.connect()
@@ -498,13 +498,16 @@ def bgnbd_population(
         if connection is None:
             con.close()
     fits: dict[pd.Timestamp, bgnbd.BGNBDFit | None] = {}
-    for stamp, at in zip(stamps, t_us, strict=True):
-        mine = rows["t_us"] == at
+    # Rows come ordered by instant: each instant's summaries are one slice.
+    lows = np.searchsorted(rows["t_us"], t_us, side="left")
+    highs = np.searchsorted(rows["t_us"], t_us, side="right")
+    for stamp, low, high in zip(stamps, lows, highs, strict=True):
+        mine = slice(low, high)
         try:
             fits[stamp] = bgnbd.fit(
                 rows["x"][mine], rows["t_x"][mine], rows["age"][mine], counts=rows["n"][mine]
             )
-        except ValueError:  # no purchase before T, or no buyer observed after a purchase
+        except ValueError:  # nothing before T identifies the parameters (see the docstring)
             fits[stamp] = None
     return fits
 
