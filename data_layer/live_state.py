@@ -479,6 +479,20 @@ class LiveState:
             self._bgnbd = (key, read_bgnbd_params(self._settings) if key else {})
         return self._bgnbd[1]
 
+    def bgnbd_version(self) -> tuple[int, int] | None:
+        """Which stored BG/NBD parameters :meth:`features` uses (changes when a build writes
+        new ones): a cache of features must start over when it changes."""
+        self._stored_bgnbd()
+        return self._bgnbd[0]
+
+    def next_bgnbd_change_us(self, at_us: int) -> int:
+        """The first instant after ``at_us`` (microseconds) at which the BG/NBD features may
+        change with no new event: the next UTC midnight (their ages count whole days) or the
+        next stored instant (whose parameters then apply), whichever is first."""
+        day = 86_400_000_000
+        later = [t.value // 1000 for t in self._stored_bgnbd() if t.value // 1000 > at_us]
+        return min([(at_us // day + 1) * day, *later])
+
     def recent_events(self, customer_id: str, limit: int = 20) -> pd.DataFrame:
         """The customer's newest events (recent events and lifetime-slot events), newest first."""
         rows = self._backend.events_of([str(customer_id)])
