@@ -3,7 +3,7 @@
 Usage:
 
     .venv/bin/python -m benchmarks.bench_sparse --customers 20000 --trials 10 \
-        --home /tmp/omniscore-bench-sparse [--reuse] [--json out.json]
+        --home /tmp/omniscore-bench-sparse [--reuse] [--json benchmarks/results/sparse.json]
 
 It generates the ``sparse-retail`` world (purchases only, one channel, most customers buying
 one to three times in three years; docs/synthetic.md) unless ``--reuse`` finds it in
@@ -14,18 +14,33 @@ scores OmniScore, BG/NBD (fitted on the purchases before the test cutoff) and RF
 the same out-of-time test cutoff; the benchmark reports the three AUCs, the margins of
 OmniScore over each, and the generator's oracle AUC (the true purchase probabilities: the
 ceiling any model can reach on these labels).
+
+The results go to ``--json`` (default ``benchmarks/results/sparse.json``, the file
+``python -m benchmarks.run --render`` reads) after every horizon, in the runner's format
+(command, machine, time, result), with the load average before and after each horizon: a
+run stopped part-way still leaves the horizons it finished, and the shared machine's load
+stands beside each figure.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from data_layer.settings import Settings
 
 HORIZONS: tuple[int, ...] = (14, 28, 90)
+RESULT = Path(__file__).resolve().parent / "results" / "sparse.json"
+
+
+def load_average() -> float:
+    """The 1-minute load average (the machine is shared: it says how busy it was)."""
+    return round(os.getloadavg()[0], 2)
 
 
 def prepare(settings: Settings, customers: int, seed: int, reuse: bool) -> dict[str, float]:
@@ -60,6 +75,7 @@ def compare(settings: Settings, horizon: int, trials: int, seed: int) -> dict[st
     from training.train import MEMORY_STORAGE, train_model
 
     started = time.perf_counter()
+    load_before = load_average()
     result = train_model(
         settings,
         "propensity",
@@ -86,6 +102,8 @@ def compare(settings: Settings, horizon: int, trials: int, seed: int) -> dict[st
         "beats_both": bool(omni > bgnbd and omni > rfm),
         "observed_channels": m.get("observed_channels", float("nan")),
         "wall_seconds": round(time.perf_counter() - started, 1),
+        "load_average_before": load_before,
+        "load_average_after": load_average(),
     }
     if "oracle_auc" in m:
         out["oracle_auc"] = m["oracle_auc"]
@@ -120,22 +138,42 @@ def main() -> None:
     parser.add_argument("--home", type=Path, default=Path("/tmp/omniscore-bench-sparse"))
     parser.add_argument("--reuse", action="store_true", help="keep an existing generated home")
     parser.add_argument("--horizons", default=",".join(str(h) for h in HORIZONS))
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=RESULT, help="where results go")
     args = parser.parse_args()
 
+    began = time.perf_counter()
+    stored = {
+        "benchmark": "sparse",
+        "command": " ".join(["python", "-m", "benchmarks.bench_sparse", *sys.argv[1:]]),
+        "ran_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
     settings = Settings.from_env(args.home)
     results: dict = {"customers": args.customers, "trials": args.trials, "seed": args.seed}
+    results["load_average_at_start"] = load_average()
     results["prepare"] = prepare(settings, args.customers, args.seed, args.reuse)
     results["horizons"] = {}
     for horizon in (int(h) for h in args.horizons.split(",")):
         results["horizons"][f"{horizon}d"] = compare(settings, horizon, args.trials, args.seed)
         print(json.dumps({f"{horizon}d": results["horizons"][f"{horizon}d"]}), flush=True)
-    results["beats_both_everywhere"] = all(r["beats_both"] for r in results["horizons"].values())
+        results["beats_both_everywhere"] = all(
+            r["beats_both"] for r in results["horizons"].values()
+        )
+        _write(args.json, stored, results, time.perf_counter() - began)
     print(render(results))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1, default=float))
     # Last line: one JSON object, as benchmarks/run.py expects.
     print(json.dumps(results, default=float))
+
+
+def _write(path: Path, stored: dict, results: dict, seconds: float) -> None:
+    """The results so far, in the format of ``benchmarks.run`` (which renders the page)."""
+    from benchmarks.run import machine
+
+    document = {**stored, "wall_seconds": round(seconds, 1), "machine": machine()}
+    document["result"] = results
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(document, indent=2, default=float) + "\n")
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

@@ -12,12 +12,23 @@ four lifetime scalars (first event, last customer-initiated event per channel, l
 per channel) and the customer's purchases at any age (the 180-day, 365-day and lifetime
 purchase features). The live path (:mod:`data_layer.live_state`) keeps exactly that per customer and
 calls :func:`compute_snapshots` on it: one definition, two paths.
+
+The BG/NBD features are the one exception to "a customer's features read only that customer":
+their four population parameters are fitted at each instant on every customer's purchases
+before it (:func:`bgnbd_population`). A build fits them once per instant over the whole store
+(before any customer partition or Spark task), stores them in ``bgnbd_params.json`` beside the
+snapshots, and hands them to every :func:`compute_snapshots` call; the per-customer values are
+closed forms of the customer's own purchase days and those parameters, which the live path
+reads from the file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -27,6 +38,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from data_layer import bgnbd
 from data_layer.event_store import events_relation_sql, profile_at, read_customers
 from data_layer.schema import (
     CHANNELS,
@@ -38,6 +50,7 @@ from data_layer.schema import (
 from data_layer.settings import Settings
 from feature_repo.catalog import (
     ACTIVITY_WINDOWS_DAYS,
+    BGNBD_HORIZON_DAYS,
     BUILTIN_FEATURES,
     CART_RECOVERY_HOURS,
     FEATURE_NAMES,
@@ -435,6 +448,164 @@ def _purchase_history(
     out["gap_sq__life"] = at(acc.cumulative(day_keys, gap * gap), 0)
 
 
+# The BG/NBD summary (x, t_x, T) of every customer at every instant, counted by distinct summary.
+# A purchase day counts at T when its first purchase is before T. Each purchase day k of a
+# customer (days in order) stands for the instants after its first purchase up to the next
+# day's first purchase: there the customer has k + 1 purchase days, the last one k. So a range
+# join gives every (instant, customer) exactly once, with no (instant x customer) grouping.
+_POPULATION_SQL = f"""
+WITH days AS (
+    SELECT customer_id, epoch_us(event_timestamp) // {_US_PER_DAY} AS day,
+           min(epoch_us(event_timestamp)) AS first_us
+    FROM {{source}} WHERE event_type = 'purchase' GROUP BY customer_id, day
+), ranked AS (
+    SELECT day, first_us,
+           row_number() OVER w - 1 AS x,
+           min(day) OVER (PARTITION BY customer_id) AS day0,
+           coalesce(lead(first_us) OVER w, 9223372036854775807) AS next_us
+    FROM days WINDOW w AS (PARTITION BY customer_id ORDER BY day)
+)
+SELECT i.t_us, r.x::DOUBLE AS x, (r.day - r.day0)::DOUBLE AS t_x,
+       (i.t_us // {_US_PER_DAY} - r.day0)::DOUBLE AS age, count(*)::DOUBLE AS n
+FROM bgnbd_instants i JOIN ranked r ON i.t_us > r.first_us AND i.t_us <= r.next_us
+GROUP BY ALL ORDER BY ALL
+"""
+
+
+def bgnbd_population(
+    source: str,
+    times: Sequence[datetime | str | pd.Timestamp],
+    connection: duckdb.DuckDBPyConnection | None = None,
+) -> dict[pd.Timestamp, bgnbd.BGNBDFit | None]:
+    """The BG/NBD population fit at each instant, on every customer's purchases before it.
+
+    ``source`` is a DuckDB relation expression over canonical events (the whole store for a
+    build: every customer, whatever the partitions). Only ``customer_id``, ``event_timestamp``
+    and ``event_type`` are read. The fit sees the multiset of summaries only, so it is the same
+    whoever computes it (one pass, each partitioned build, the Spark driver) and equal to
+    :func:`data_layer.bgnbd.fit` on :func:`data_layer.bgnbd.rfm_summary` at that cutoff. None at
+    an instant with nothing to fit: no purchase before it, every buyer first bought on T's day,
+    or no buyer has a repeat purchase (the parameters are then not identified).
+    """
+    stamps = snapshot_instants(times)
+    con = connection if connection is not None else duckdb.connect()
+    try:
+        t_us = np.array([t.value // 1000 for t in stamps], dtype=np.int64)
+        con.register("bgnbd_instants", pd.DataFrame({"t_us": t_us}))
+        rows = _fetch(con, _POPULATION_SQL.format(source=source))
+    finally:
+        con.unregister("bgnbd_instants")
+        if connection is None:
+            con.close()
+    fits: dict[pd.Timestamp, bgnbd.BGNBDFit | None] = {}
+    # Rows come ordered by instant: each instant's summaries are one slice.
+    lows = np.searchsorted(rows["t_us"], t_us, side="left")
+    highs = np.searchsorted(rows["t_us"], t_us, side="right")
+    for stamp, low, high in zip(stamps, lows, highs, strict=True):
+        mine = slice(low, high)
+        try:
+            fits[stamp] = bgnbd.fit(
+                rows["x"][mine], rows["t_x"][mine], rows["age"][mine], counts=rows["n"][mine]
+            )
+        except ValueError:  # nothing before T identifies the parameters (see the docstring)
+            fits[stamp] = None
+    return fits
+
+
+def fitted_params(
+    fits: Mapping[pd.Timestamp, bgnbd.BGNBDFit | None],
+) -> dict[pd.Timestamp, bgnbd.BGNBDParams | None]:
+    """The parameters of each fit (what :func:`compute_snapshots` takes)."""
+    return {t: None if v is None else v.params for t, v in fits.items()}
+
+
+BGNBD_PARAMS_FILE = "bgnbd_params.json"
+"""Per snapshot instant, the BG/NBD population fit the build used (in the features folder)."""
+
+
+def write_bgnbd_params(settings: Settings, fits: Mapping[pd.Timestamp, bgnbd.BGNBDFit | None]):
+    """Merge the fits of the instants just built into ``bgnbd_params.json`` (replacing those
+    instants, keeping the others, as the snapshot files do)."""
+    path = settings.features_dir / BGNBD_PARAMS_FILE
+    settings.features_dir.mkdir(parents=True, exist_ok=True)
+    stored = json.loads(path.read_text())["instants"] if path.exists() else {}
+    for stamp, fitted in fits.items():
+        stored[_utc(stamp).isoformat()] = (
+            None
+            if fitted is None
+            else {
+                "r": fitted.params.r,
+                "alpha": fitted.params.alpha,
+                "a": fitted.params.a,
+                "b": fitted.params.b,
+                "customers": fitted.n_customers,
+                "log_likelihood": fitted.log_likelihood,
+                "converged": fitted.converged,
+            }
+        )
+    document = {
+        "model": "BG/NBD; alpha in days; fitted at each instant on purchases strictly before it",
+        "horizon_days": BGNBD_HORIZON_DAYS,
+        "instants": dict(sorted(stored.items(), key=lambda item: pd.Timestamp(item[0]))),
+    }
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(document, indent=1))
+    os.replace(tmp, path)
+
+
+def read_bgnbd_params(settings: Settings) -> dict[pd.Timestamp, bgnbd.BGNBDParams | None]:
+    """The stored population parameters by instant (empty before the first build)."""
+    path = settings.features_dir / BGNBD_PARAMS_FILE
+    if not path.exists():
+        return {}
+    instants = json.loads(path.read_text())["instants"]
+    return {
+        pd.Timestamp(at): None
+        if v is None
+        else bgnbd.BGNBDParams(r=v["r"], alpha=v["alpha"], a=v["a"], b=v["b"])
+        for at, v in instants.items()
+    }
+
+
+def bgnbd_params_at(
+    stored: Mapping[pd.Timestamp, bgnbd.BGNBDParams | None], at: pd.Timestamp
+) -> bgnbd.BGNBDParams | None:
+    """The parameters of the latest stored instant at or before ``at`` (None if there is
+    none): what the live path uses between builds. A later instant's fit has seen purchases
+    after ``at``, so it is never used."""
+    at = _utc(at)
+    earlier = [t for t in stored if t <= at]
+    return stored[max(earlier)] if earlier else None
+
+
+def _bgnbd_columns(
+    f: dict[str, np.ndarray], params: Sequence[bgnbd.BGNBDParams | None]
+) -> tuple[np.ndarray, np.ndarray]:
+    """P(alive) and expected purchases over :data:`BGNBD_HORIZON_DAYS` for every row: the
+    customer's summary from the purchase-day sums, the parameters of the row's instant."""
+    rows = len(f["T"])
+    alive, expected = np.full(rows, np.nan), np.full(rows, np.nan)
+    days = f["pdays__life"].astype(np.float64) if "pdays__life" in f else np.zeros(rows)
+    bought = days >= 1
+    x = np.where(bought, days - 1, 0.0)
+    t_x = np.where(bought, f["gap_sum__life"], 0.0) if "gap_sum__life" in f else np.zeros(rows)
+    # Whole UTC days, as the population fit counts them: the first purchase day is the last
+    # one less the sum of the gaps between purchase days.
+    last_day = np.where(bought, f["last_purch"], 0) // _US_PER_DAY
+    age = (f["T"] // _US_PER_DAY - last_day + t_x).astype(np.float64)
+    for slot, theta in enumerate(params):
+        mine = bought & (f["t_slot"] == slot)
+        if theta is None or not mine.any():
+            continue
+        summary = x[mine], t_x[mine], age[mine]
+        with np.errstate(all="ignore"):
+            alive[mine] = bgnbd.probability_alive(theta, *summary)
+            # At a == 1 exactly the closed form is undefined: the value stays missing.
+            with contextlib.suppress(ValueError):
+                expected[mine] = bgnbd.expected_purchases(theta, BGNBD_HORIZON_DAYS, *summary)
+    return alive, np.where(np.isfinite(expected), expected, np.nan)
+
+
 def _fetch(con: duckdb.DuckDBPyConnection, sql: str) -> dict[str, np.ndarray]:
     table = con.sql(sql).to_arrow_table()
     return {name: table.column(name).to_numpy() for name in table.column_names}
@@ -449,6 +620,7 @@ def compute_snapshots(
     times: Sequence[datetime | str | pd.Timestamp],
     *,
     connection: duckdb.DuckDBPyConnection | None = None,
+    bgnbd_params: Mapping[pd.Timestamp, bgnbd.BGNBDParams | None] | None = None,
 ) -> pd.DataFrame:
     """One row per (customer, T) with every catalog feature, using only events before T.
 
@@ -462,7 +634,10 @@ def compute_snapshots(
     before T or have any event before T. Returns
     ``customer_id``, ``event_timestamp`` (= T, UTC) and the features in catalog order.
     ``connection`` reuses a caller's DuckDB connection (the live path's per-call overhead);
-    its temporary tables are dropped again before returning.
+    its temporary tables are dropped again before returning. ``bgnbd_params`` gives the BG/NBD
+    population parameters of every instant (a build's fit over all customers, or the live
+    path's stored ones); without it they are fitted here on ``events``
+    (:func:`bgnbd_population`), which is the whole population only when ``events`` is.
     """
     stamps = snapshot_instants(times)
     if not stamps:
@@ -481,6 +656,11 @@ def compute_snapshots(
         if signups["customer_id"].duplicated().any():  # several versions of a profile row
             signups = signups.groupby("customer_id", as_index=False)["signup_date"].min()
         con.register("customers", signups)
+        if bgnbd_params is None:
+            bgnbd_params = fitted_params(bgnbd_population(source, stamps, connection=con))
+        missing = [t for t in stamps if t not in bgnbd_params]
+        if missing:
+            raise ValueError(f"no BG/NBD population parameters given for {missing[0]}")
         con.execute(_event_sql(source))
         ev = _fetch(con, _FETCH_EVENTS_SQL)
         sessions = _fetch(con, _FETCH_SESSIONS_SQL)
@@ -512,7 +692,7 @@ def compute_snapshots(
 
     # Plain arrays, one entry per row: timestamps stay int64 microseconds with _MISSING_US for
     # "none" (pandas objects per column cost more than the arithmetic at the live path's size).
-    frame: dict[str, np.ndarray] = {"T": t_us[t_index]}
+    frame: dict[str, np.ndarray] = {"T": t_us[t_index], "t_slot": t_index}
     for name, values in columns.items():
         raw = values[t_index, c_index]
         if name.startswith("last_"):
@@ -522,7 +702,7 @@ def compute_snapshots(
     frame["customer_id"] = ids["customer_id"][c_index]
     profile_columns = [*_PROFILE_COLUMNS, *(f.name for f in _profile_extras())]
     frame.update(profile_at(customers, frame["customer_id"], frame["T"], profile_columns))
-    return _derive(frame)
+    return _derive(frame, [bgnbd_params[t] for t in stamps])
 
 
 def _profile_extras() -> list:
@@ -545,8 +725,11 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
         return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
 
 
-def _derive(f: dict[str, np.ndarray]) -> pd.DataFrame:
-    """Turn window sums and last-seen timestamps into the catalog's features."""
+def _derive(
+    f: dict[str, np.ndarray], bgnbd_params: Sequence[bgnbd.BGNBDParams | None]
+) -> pd.DataFrame:
+    """Turn window sums and last-seen timestamps into the catalog's features (``bgnbd_params``:
+    the population parameters of each snapshot instant, indexed by the rows' ``t_slot``)."""
     long = LONG_WINDOW_DAYS
     rows = len(f["T"])
 
@@ -583,6 +766,9 @@ def _derive(f: dict[str, np.ndarray]) -> pd.DataFrame:
     out["purchase_gap_mean_days"] = mean_gap
     out["purchase_gap_std_days"] = np.sqrt(variance)
     out["purchase_recency_ratio"] = _ratio(out["days_since_last_purchase"], mean_gap)
+    out["bgnbd_p_alive"], out[f"bgnbd_expected_purchases_{BGNBD_HORIZON_DAYS}d"] = _bgnbd_columns(
+        f, bgnbd_params
+    )
     for name, num, den in [
         ("email_open_rate", "email_open", "email_send"),
         ("email_click_rate", "email_click", "email_send"),
@@ -762,8 +948,13 @@ def build_features(
             files=built.files,
             partitions=partitions,
         )
-    snapshots = compute_snapshots(events_relation_sql(settings), read_customers(settings), times)
+    source = events_relation_sql(settings)
+    fits = bgnbd_population(source, times)
+    snapshots = compute_snapshots(
+        source, read_customers(settings), times, bgnbd_params=fitted_params(fits)
+    )
     files = write_snapshots(settings, snapshots, datetime.now(UTC))
+    write_bgnbd_params(settings, fits)
     return BuildReport(
         snapshots=times,
         rows=len(snapshots),

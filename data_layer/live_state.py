@@ -20,6 +20,11 @@ features; see :mod:`data_layer.feature_pipeline`). Per customer the state keeps:
   recent events of a customer silent for longer than the horizon;
 - **the profile row** (the customers table).
 
+The BG/NBD features also need the population's parameters, which no single customer's events
+give: the live path takes those the latest build stored for the latest instant at or before
+the asked one (``bgnbd_params.json``), so at a built instant it equals the batch exactly, and
+between builds it applies last week's population fit to the customer's current purchases.
+
 :meth:`LiveState.features` runs :func:`~data_layer.feature_pipeline.compute_snapshots` on those
 events and that profile: the same code as the batch, so values are equal, not just close. The
 answer is exact at any T from ``horizon + HISTORY_NEEDED`` on (nine days before the newest
@@ -46,7 +51,13 @@ import pandas as pd
 import pyarrow as pa
 
 from data_layer.event_store import events_relation_sql, read_customers
-from data_layer.feature_pipeline import HISTORY_NEEDED, compute_snapshots
+from data_layer.feature_pipeline import (
+    BGNBD_PARAMS_FILE,
+    HISTORY_NEEDED,
+    bgnbd_params_at,
+    compute_snapshots,
+    read_bgnbd_params,
+)
 from data_layer.schema import CUSTOMER_INITIATED_FAMILIES, CUSTOMER_SCHEMA
 from data_layer.settings import Settings
 
@@ -322,6 +333,7 @@ class LiveState:
         self._settings = settings
         self._duck = duckdb.connect()
         self._duck_lock = threading.Lock()
+        self._bgnbd: tuple[tuple[int, int] | None, dict] = (None, {})
 
     @classmethod
     def open(cls, settings: Settings, timeout_seconds: float = 10.0) -> LiveState:
@@ -457,8 +469,38 @@ class LiveState:
         ids = sorted({str(c) for c in customer_ids})
         events = _events_table(self._backend.events_of(ids))
         profiles = _profiles_frame(self._backend.profiles_of(ids))
+        at = pd.Timestamp(at_us, unit="us", tz="UTC")
+        population = {at: bgnbd_params_at(self._stored_bgnbd(), at)}
         with self._duck_lock:
-            return compute_snapshots(events, profiles, [at], connection=self._duck)
+            return compute_snapshots(
+                events, profiles, [at], connection=self._duck, bgnbd_params=population
+            )
+
+    def _stored_bgnbd(self) -> dict:
+        """The builds' BG/NBD parameters by instant, re-read only when the file changed."""
+        path = self._settings.features_dir / BGNBD_PARAMS_FILE
+        try:
+            stat = path.stat()
+            key = (stat.st_mtime_ns, stat.st_size)
+        except FileNotFoundError:
+            key = None
+        if key != self._bgnbd[0]:
+            self._bgnbd = (key, read_bgnbd_params(self._settings) if key else {})
+        return self._bgnbd[1]
+
+    def bgnbd_version(self) -> tuple[int, int] | None:
+        """Which stored BG/NBD parameters :meth:`features` uses (changes when a build writes
+        new ones): a cache of features must start over when it changes."""
+        self._stored_bgnbd()
+        return self._bgnbd[0]
+
+    def next_bgnbd_change_us(self, at_us: int) -> int:
+        """The first instant after ``at_us`` (microseconds) at which the BG/NBD features may
+        change with no new event: the next UTC midnight (their ages count whole days) or the
+        next stored instant (whose parameters then apply), whichever is first."""
+        day = 86_400_000_000
+        later = [t.value // 1000 for t in self._stored_bgnbd() if t.value // 1000 > at_us]
+        return min([(at_us // day + 1) * day, *later])
 
     def recent_events(self, customer_id: str, limit: int = 20) -> pd.DataFrame:
         """The customer's newest events (recent events and lifetime-slot events), newest first."""

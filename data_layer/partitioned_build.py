@@ -7,7 +7,10 @@ stable hash of ``customer_id`` (:func:`bucket_sql`), runs the same
 the store with the bucket as a filter, so one bucket's events are in memory at a time) and
 appends each bucket's rows to the per-view Parquet files through streaming writers. The rows
 and values are those of the one-pass build; only the order of rows in the files differs
-(sorted by customer and T within each bucket).
+(sorted by customer and T within each bucket). The one thing a customer's features share with
+the others, the BG/NBD population parameters of each instant, is fitted once over the whole
+store before the bucket pass (:func:`data_layer.feature_pipeline.bgnbd_population`, an
+aggregation DuckDB streams), and given to every bucket.
 
 ``N`` comes from the memory budget ``OMNISCORE_BUILD_MEMORY_MB``
 (:attr:`data_layer.settings.Settings.build_memory_mb`) and the size of the store
@@ -30,12 +33,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from data_layer.bgnbd import BGNBDParams
 from data_layer.event_store import event_count, events_relation_sql, read_customers
 from data_layer.feature_pipeline import (
     SNAPSHOT_KEY,
     _view_schema,
+    bgnbd_population,
     compute_snapshots,
+    fitted_params,
     snapshot_instants,
+    write_bgnbd_params,
 )
 from data_layer.settings import Settings
 from feature_repo.catalog import VIEWS, features_of_view
@@ -123,12 +130,18 @@ def bucket_snapshots(
     source: str,
     customers: pd.DataFrame,
     times: Sequence[pd.Timestamp],
+    bgnbd_params: dict[pd.Timestamp, BGNBDParams | None],
     connection: duckdb.DuckDBPyConnection | None = None,
 ) -> Iterator[pd.DataFrame]:
-    """One bucket's snapshots, a pass of :data:`INSTANTS_PER_PASS` instants at a time."""
+    """One bucket's snapshots, a pass of :data:`INSTANTS_PER_PASS` instants at a time, with
+    the population's BG/NBD parameters (fitted on every customer, not on the bucket's)."""
     for i in range(0, len(times), INSTANTS_PER_PASS):
         yield compute_snapshots(
-            source, customers, times[i : i + INSTANTS_PER_PASS], connection=connection
+            source,
+            customers,
+            times[i : i + INSTANTS_PER_PASS],
+            connection=connection,
+            bgnbd_params=bgnbd_params,
         )
 
 
@@ -223,10 +236,13 @@ def build_partitioned(
     rows = customers = 0
     seconds = []
     try:
+        # Over every customer, before any bucket: the buckets share these parameters.
+        fits = bgnbd_population(events_relation_sql(settings), times, connection=con)
+        params = fitted_params(fits)
         for bucket, source, profiles in partition_sources(settings, partitions):
             began = time.perf_counter()
             seen: set[str] = set()
-            for snapshots in bucket_snapshots(source, profiles, times, connection=con):
+            for snapshots in bucket_snapshots(source, profiles, times, params, connection=con):
                 writer.write(snapshots)
                 rows += len(snapshots)
                 seen.update(snapshots["customer_id"].unique())
@@ -239,10 +255,12 @@ def build_partitioned(
         raise
     finally:
         con.close()
+    files = writer.close()
+    write_bgnbd_params(settings, fits)
     return PartitionedBuild(
         partitions=partitions,
         rows=rows,
         customers=customers,
-        files=writer.close(),
+        files=files,
         partition_seconds=seconds,
     )

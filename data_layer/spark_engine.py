@@ -4,7 +4,10 @@
 partitioned build does (:mod:`data_layer.partitioned_build`), and runs
 ``groupBy(bucket).cogroup(...).applyInPandas(fn)`` where ``fn`` is
 :func:`data_layer.feature_pipeline.compute_snapshots` on the bucket's events and profile
-rows: there is no second implementation of a feature. Spark writes the rows as Parquet to a
+rows: there is no second implementation of a feature. The BG/NBD population parameters of
+each instant (the one input shared by all customers) are fitted once on the driver, by the
+same :func:`data_layer.feature_pipeline.bgnbd_population` over the event files (a streamed
+aggregation of purchase days), and shipped to every task. Spark writes the rows as Parquet to a
 staging directory of the home; the driver then streams them, row group by row group, into
 the per-view files the Feast offline store reads (the same layout as the embedded build,
 same-T rows replaced, other instants kept).
@@ -31,8 +34,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_layer.event_store import event_files
-from data_layer.feature_pipeline import compute_snapshots, snapshot_instants
+from data_layer.bgnbd import BGNBDParams
+from data_layer.event_store import event_files, events_relation_sql
+from data_layer.feature_pipeline import (
+    bgnbd_population,
+    compute_snapshots,
+    fitted_params,
+    snapshot_instants,
+    write_bgnbd_params,
+)
 from data_layer.partitioned_build import INSTANTS_PER_PASS, SnapshotWriter, partition_count
 from data_layer.schema import CUSTOMER_SCHEMA
 from data_layer.settings import Settings
@@ -132,7 +142,10 @@ def _utc(column: pd.Series) -> pd.Series:
 
 
 def _snapshots_of_bucket(
-    events: pd.DataFrame, customers: pd.DataFrame, times: Sequence[pd.Timestamp]
+    events: pd.DataFrame,
+    customers: pd.DataFrame,
+    times: Sequence[pd.Timestamp],
+    bgnbd_params: dict[pd.Timestamp, BGNBDParams | None],
 ) -> pd.DataFrame:
     """One Spark task: the bucket's snapshots by the project's own :func:`compute_snapshots`."""
     events = events.drop(columns=BUCKET, errors="ignore")
@@ -147,7 +160,9 @@ def _snapshots_of_bucket(
         if column in customers:
             customers[column] = _utc(customers[column])
     parts = [
-        compute_snapshots(events, customers, times[i : i + INSTANTS_PER_PASS])
+        compute_snapshots(
+            events, customers, times[i : i + INSTANTS_PER_PASS], bgnbd_params=bgnbd_params
+        )
         for i in range(0, len(times), INSTANTS_PER_PASS)
     ]
     frame = pd.concat(parts, ignore_index=True)
@@ -187,6 +202,9 @@ def build_features_spark(
             f"no events under {settings.events_dir}: run `omniscore generate` or "
             "`omniscore ingest FILE` first"
         )
+    # The population's BG/NBD parameters, on the driver, before any task: shared by all buckets.
+    fits = bgnbd_population(events_relation_sql(settings), stamps)
+    params = fitted_params(fits)
     spark = spark_session(settings, conf)
     count = partitions or max(partition_count(settings, len(stamps)), 2)
     events = spark.read.parquet(*[f.as_posix() for f in files]).select(*EVENT_COLUMNS)
@@ -198,7 +216,7 @@ def build_features_spark(
     customers = customers.withColumn(BUCKET, bucket_column(count))
 
     def task(left: pd.DataFrame, right: pd.DataFrame) -> pd.DataFrame:
-        return _snapshots_of_bucket(left, right, stamps)
+        return _snapshots_of_bucket(left, right, stamps, params)
 
     result = (
         events.groupBy(BUCKET)
@@ -227,6 +245,7 @@ def build_features_spark(
             writer.abort()
             raise
         written = writer.close()
+        write_bgnbd_params(settings, fits)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return SparkBuild(

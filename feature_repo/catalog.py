@@ -26,6 +26,12 @@ SWITCH_LOOKBACK_DAYS = 30
 long before it: an older one is a return, not a switch, and the look-back stays bounded."""
 PURCHASE_WINDOWS_DAYS: tuple[int, ...] = (180, 365)
 """Long purchase windows for sparse buyers (a few purchases a year), beside the lifetime ones."""
+BGNBD_HORIZON_DAYS = 30
+"""Horizon of the BG/NBD expected-purchases feature. One month: the model's expectation is a
+smooth, increasing function of the horizon for a given customer, so one horizon carries the
+signal for a tree model; 30 days sits between the 14 and 28-day propensity horizons and the
+90-day one, and is short enough that the next snapshot (a week later) refreshes it well
+before it runs out."""
 
 
 @dataclass(frozen=True)
@@ -208,6 +214,35 @@ def _catalog() -> list[Feature]:
             "float",
             "days_since_last_purchase / purchase_gap_mean_days: how overdue the customer is "
             "against their usual gap (null with fewer than two purchase days).",
+        )
+    )
+    bgnbd_fit = (
+        "BG/NBD (Fader, Hardie & Lee 2005) on the customer's purchase days before T: x repeat "
+        "purchase days, t_x and T in whole UTC days from the first purchase day to the last one "
+        "and to T's day, with the four population parameters fitted at T by maximum likelihood "
+        "on every customer's purchases before T (nothing at or after T; the parameters of each "
+        "instant are stored in `bgnbd_params.json` beside the snapshots, and the live path uses "
+        "those of the latest instant at or before its own). Null with no purchase before T, or "
+        "when no customer was observed after a purchase (nothing to fit)"
+    )
+    add(
+        Feature(
+            "bgnbd_p_alive",
+            "transactions",
+            "float",
+            f"P(the customer has not dropped out by T): {bgnbd_fit}. 1 with a single purchase "
+            "day (in BG/NBD a customer drops out only right after a repeat purchase).",
+        )
+    )
+    add(
+        Feature(
+            f"bgnbd_expected_purchases_{BGNBD_HORIZON_DAYS}d",
+            "transactions",
+            "float",
+            f"Expected purchase days in the {BGNBD_HORIZON_DAYS} days after T: {bgnbd_fit}. "
+            f"{BGNBD_HORIZON_DAYS} days: one month, between the 14 and 28-day propensity "
+            "horizons and the 90-day one; the expectation grows smoothly with the horizon, so "
+            "one horizon carries the signal for the models.",
         )
     )
     add(
@@ -552,6 +587,25 @@ def features_markdown() -> str:
         "purchase, and the events that set the lifetime scalars, and "
         "computes features by running this same pipeline on them, so the live path and the "
         "batch pipeline give equal values at the same instant.",
+        "",
+        "## BG/NBD features: one population fit per instant",
+        "",
+        "`bgnbd_p_alive` and `bgnbd_expected_purchases_"
+        f"{BGNBD_HORIZON_DAYS}d` are the one place where a customer's features depend on other "
+        "customers: the BG/NBD model's four population parameters are fitted at each snapshot "
+        "instant T by maximum likelihood on every customer's purchase-day summary before T "
+        "(nothing at or after T, so no leakage; the point-in-time property test covers them). "
+        "Each build fits them once per instant over the whole store, before any customer "
+        "partition or Spark task, so the one-pass, partitioned and Spark builds give identical "
+        "values, and stores them in `bgnbd_params.json` beside the snapshots. The "
+        "per-customer values are closed forms of the customer's own purchase days and those "
+        "parameters: the live path computes them with the parameters of the latest built "
+        "instant at or before its own (never a later one, which has seen the future), so at a "
+        "built instant it equals the batch exactly and between builds it applies the previous "
+        "fit to the customer's current purchases. A population with no repeat purchase "
+        "identifies no parameters: both features are then null. The parameters are aggregates "
+        "of the whole population, not a customer's data, so erasure leaves the file as it is "
+        "until the next build.",
         "",
         "## Customers with no events",
         "",

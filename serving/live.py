@@ -132,6 +132,7 @@ class LiveFeatures:
         self._lock = threading.Lock()
         self._seq = live_segment.last_seq(settings)
         self._erasures = erasure.suppression_stamp(settings)
+        self._bgnbd = state.bgnbd_version()
         self._numeric_index = {n: i for i, n in enumerate(NUMERIC)}
         self._linear_index = np.array([self._numeric_index[n] for n in LINEAR], dtype=np.int64)
         self._layouts: dict[tuple[str, ...], tuple] = {}
@@ -157,6 +158,10 @@ class LiveFeatures:
         if stamp != self._erasures:
             self.clear()  # the list holds keyed hashes: which entries are theirs is unknown
             self._erasures = stamp
+        population = self.state.bgnbd_version()
+        if population != self._bgnbd:
+            self.clear()  # a build stored new BG/NBD parameters: every customer's values move
+            self._bgnbd = population
         seq, customers = live_segment.customers_since(self.settings, self._seq)
         if seq == self._seq:
             return
@@ -302,7 +307,9 @@ class LiveFeatures:
 
     def _valid_until(self, customers: list[str], at_us: int) -> dict[str, int]:
         """Per customer, the first instant after ``at_us`` at which an event of theirs enters or
-        leaves a window (:data:`CHANGE_OFFSETS_US`)."""
+        leaves a window (:data:`CHANGE_OFFSETS_US`), or the BG/NBD features move without an
+        event (the next UTC midnight or stored parameters' instant), whichever is first."""
+        population = self.state.next_bgnbd_change_us(at_us)
         out = {}
         for customer in customers:
             events = self.state.recent_events(customer, limit=1_000_000)
@@ -310,7 +317,7 @@ class LiveFeatures:
             ts = stamps.dt.tz_localize(None).to_numpy().astype("datetime64[us]").astype(np.int64)
             changes = (ts[:, None] + CHANGE_OFFSETS_US[None, :]).ravel()
             later = changes[changes > at_us]
-            out[customer] = int(later.min()) if len(later) else np.iinfo(np.int64).max
+            out[customer] = min(int(later.min()) if len(later) else population, population)
         return out
 
     def _numeric_at(self, entry: _Entry, at_us: int) -> np.ndarray:

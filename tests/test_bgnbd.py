@@ -1,14 +1,16 @@
-"""The BG/NBD baseline: likelihood by hand, parameter recovery on its own generative process,
-the formulas' known properties, and a summary that reads nothing at or after its cutoff."""
+"""The BG/NBD model: likelihood by hand, parameter recovery on its own generative process,
+the formulas' known properties, a summary that reads nothing at or after its cutoff, and the
+feature pipeline's BG/NBD features equal to the baseline's scores at the same instant."""
 
 from __future__ import annotations
 
+import duckdb
 import numpy as np
 import pandas as pd
 import pytest
 from scipy.stats import chi2
 
-from training.bgnbd import (
+from data_layer.bgnbd import (
     BGNBDParams,
     expected_purchases,
     fit,
@@ -18,6 +20,8 @@ from training.bgnbd import (
     rfm_summary,
     scores_at_cutoff,
 )
+from data_layer.feature_pipeline import bgnbd_population, compute_snapshots
+from data_layer.schema import to_canonical_table
 
 CDNOW = BGNBDParams(r=0.243, alpha=4.414 * 7, a=0.793, b=2.426)
 """The paper's CDNOW estimates, with alpha converted from weeks to days."""
@@ -112,6 +116,21 @@ def test_fit_recovers_the_parameters_it_was_simulated_from(simulated) -> None:
     true_ll = float(log_likelihood(CDNOW, x, t_x, age).sum())
     assert result.log_likelihood >= true_ll
     assert 2 * (result.log_likelihood - true_ll) < chi2.ppf(0.999, df=4)
+
+
+def test_a_fit_on_counted_summaries_is_the_fit_on_the_customers(simulated) -> None:
+    """The feature build fits on (distinct summary, how many customers) rows: the same fit,
+    to the last bit, as on one row per customer, whatever the order."""
+    x, t_x, age, _, _ = (v[:1500] for v in simulated)
+    x, t_x, age = x, np.round(t_x), np.round(age)  # day-level summaries share triples
+    triples, counts = np.unique(np.column_stack([x, t_x, age]), axis=0, return_counts=True)
+    order = np.random.default_rng(1).permutation(len(triples))
+    pooled = fit(*triples[order].T, counts=counts[order])
+    each = fit(x, t_x, age)
+    assert pooled.params == each.params and pooled.n_customers == each.n_customers == 1500
+    assert pooled.log_likelihood == pytest.approx(each.log_likelihood, rel=1e-12)
+    with pytest.raises(ValueError, match="not identified"):
+        fit([0, 0], [0, 0], [5, 9])  # nobody bought twice: nothing to learn dropout from
 
 
 def test_fit_does_not_depend_on_the_starting_point(simulated) -> None:
@@ -266,3 +285,47 @@ def test_summary_of_a_log_without_amounts_has_no_monetary_value() -> None:
     summary = rfm_summary(EVENTS.drop(columns="amount"), CUTOFF)
     assert summary["monetary_value"].isna().all()
     assert summary.loc["A", "frequency"] == 2
+
+
+def test_feature_values_are_the_baselines_scores_and_ignore_later_purchases() -> None:
+    """``bgnbd_p_alive`` and ``bgnbd_expected_purchases_30d`` of the feature pipeline at T equal
+    the baseline's scores at cutoff T (an independent summary, :func:`rfm_summary`, and the
+    same fit), and a year of purchases after T changes neither the population fit nor them."""
+    start = pd.Timestamp("2024-01-01", tz="UTC")
+    rng = np.random.default_rng(11)
+    first = pd.DataFrame(
+        {
+            "customer_id": [f"c{i:03d}" for i in range(200)],
+            "event_timestamp": start + pd.to_timedelta(rng.integers(0, 300 * 24, 200), unit="h"),
+        }
+    )
+    repeats = first.sample(n=500, replace=True, random_state=2).assign(
+        event_timestamp=lambda f: (
+            f["event_timestamp"] + pd.to_timedelta(rng.integers(1, 400 * 24, 500), unit="h")
+        )
+    )
+    log = pd.concat([first, repeats], ignore_index=True).assign(
+        channel="store", event_type="purchase", amount=10.0
+    )
+    events = to_canonical_table(log).to_pandas()
+    cut = start + pd.Timedelta(days=330, hours=7)  # an intra-day instant
+    early = events[events["event_timestamp"] < cut]
+    customers = pd.DataFrame({"customer_id": [], "signup_date": pd.to_datetime([], utc=True)})
+
+    rows = compute_snapshots(events, customers, [cut]).set_index("customer_id")
+    scores, fitted = scores_at_cutoff(early, cut, (30,))
+    con = duckdb.connect()
+    con.register("events_in", events)
+    assert bgnbd_population("events_in", [cut], connection=con)[cut].params == fitted.params
+    con.close()
+    bought = rows.loc[scores.index]
+    np.testing.assert_allclose(bought["bgnbd_p_alive"], scores["bgnbd_p_alive"], rtol=1e-12)
+    np.testing.assert_allclose(
+        bought["bgnbd_expected_purchases_30d"], scores["bgnbd_expected_30d"], rtol=1e-12
+    )
+    assert bought["bgnbd_p_alive"].between(0, 1).all() and (bought["bgnbd_p_alive"] < 1).any()
+    # Customers whose first purchase is after the cutoff have no row yet.
+    assert set(rows.index) == set(early["customer_id"])
+    pd.testing.assert_frame_equal(
+        compute_snapshots(early, customers, [cut]).set_index("customer_id"), rows, check_exact=True
+    )

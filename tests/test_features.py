@@ -15,7 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scipy.special import hyp2f1
 
+from data_layer.bgnbd import BGNBDParams
 from data_layer.event_store import write_customers, write_events
 from data_layer.feature_pipeline import build_features, compute_snapshots, snapshot_times
 from data_layer.schema import CHANNELS, EVENT_TYPES, to_canonical_table
@@ -127,10 +129,30 @@ def _events(rows: list[dict]):
     return to_canonical_table(pd.DataFrame(rows))
 
 
+# BG/NBD population parameters given to the hand-worked snapshots (the paper's CDNOW estimates,
+# alpha in days), so the per-customer values can be worked out by hand; the population fit
+# itself is checked in tests/test_bgnbd.py and by the leakage property below.
+POPULATION = BGNBDParams(r=0.243, alpha=4.414 * 7, a=0.793, b=2.426)
+
+
+def _bgnbd_by_hand(x: float, t_x: float, age: float, horizon: float = 30) -> tuple[float, float]:
+    """P(alive) and expected purchases in ``horizon`` days (equations 13 and 10 of Fader,
+    Hardie & Lee 2005) at :data:`POPULATION`."""
+    r, alpha, a, b = POPULATION.r, POPULATION.alpha, POPULATION.a, POPULATION.b
+    alive = 1 / (1 + a / (b + x - 1) * ((alpha + age) / (alpha + t_x)) ** (r + x)) if x else 1.0
+    z = horizon / (alpha + age + horizon)
+    tail = ((alpha + age) / (alpha + age + horizon)) ** (r + x) * hyp2f1(
+        r + x, b + x, a + b + x - 1, z
+    )
+    return alive, (a + b + x - 1) / (a - 1) * (1 - tail) * alive
+
+
 @pytest.fixture(scope="module")
 def snapshots() -> pd.DataFrame:
     rows = EVENTS_A + EVENTS_B + EVENTS_C + EVENTS_D + EVENTS_F
-    return compute_snapshots(_events(rows), CUSTOMERS, [T, T2])
+    return compute_snapshots(
+        _events(rows), CUSTOMERS, [T, T2], bgnbd_params={T: POPULATION, T2: POPULATION}
+    )
 
 
 def _row(frame: pd.DataFrame, customer: str, at: pd.Timestamp) -> pd.Series:
@@ -270,6 +292,10 @@ EXPECTED_A = {
     "purchase_gap_mean_days": 22.5,  # 90 / 4
     "purchase_gap_std_days": math.sqrt(106.75),  # (2.5² + 17.5² + 6.5² + 8.5²) / 4
     "purchase_recency_ratio": (11 + 835 / 1440) / 22.5,
+    # BG/NBD: 4 repeat purchase days, the last 90 days after the first (02-20 → 05-20), and
+    # 102 days from the first to T's day (02-20 → 06-01: 10 + 31 + 30 + 31)
+    "bgnbd_p_alive": _bgnbd_by_hand(4, 90, 102)[0],
+    "bgnbd_expected_purchases_30d": _bgnbd_by_hand(4, 90, 102)[1],
     # engagement
     "email_open_rate_90d": 1 / 3,  # 1 open (a5) / 3 sends (a4 a8 a18)
     "email_click_rate_90d": 1 / 3,  # 1 click (a19) / 3 sends
@@ -314,7 +340,7 @@ EXPECTED_A = {
 
 def test_expected_values_cover_the_whole_catalog() -> None:
     assert list(EXPECTED_A) == list(FEATURE_NAMES)
-    assert len(EXPECTED_A) == 122
+    assert len(EXPECTED_A) == 124
 
 
 def test_customer_a_every_feature_at_t(snapshots: pd.DataFrame) -> None:
@@ -340,6 +366,10 @@ def test_customer_a_later_snapshot_sees_events_at_and_after_t(snapshots: pd.Data
             "web_events_90d": 10.0,  # a7 a11 a12 a13 a14 a24 a27 a29 a30 a31 (a3 dropped out)
             "app_events_90d": 2.0,  # a22 a23 (a6 dropped out)
             "tenure_days": 166.0,  # 152 + 14
+            # purchase days now also 06-01 (a31) and 06-03 (a32): 6 repeats, the last 104 days
+            # after the first, T2's day 116 days after it
+            "bgnbd_p_alive": _bgnbd_by_hand(6, 104, 116)[0],
+            "bgnbd_expected_purchases_30d": _bgnbd_by_hand(6, 104, 116)[1],
         },
     )
 
@@ -845,6 +875,18 @@ def test_one_purchase_day_has_no_usual_gap() -> None:
     assert one["purchases_lifetime"] == 1 and one["purchase_days_lifetime"] == 1
     assert pd.isna(one["purchase_gap_mean_days"]) and pd.isna(one["purchase_gap_std_days"])
     assert pd.isna(one["purchase_recency_ratio"])
+    # A population without a single repeat purchase identifies no BG/NBD parameters.
+    assert pd.isna(one["bgnbd_p_alive"]) and pd.isna(one["bgnbd_expected_purchases_30d"])
+    # Given a population's parameters: BG/NBD drops a customer out only after a repeat
+    # purchase, so one purchase day is alive; 40 days from 05-01 to T's day.
+    given = compute_snapshots(
+        events,
+        events[["customer_id"]].assign(signup_date=pd.NaT),
+        [t],
+        bgnbd_params={t: POPULATION},
+    ).iloc[0]
+    assert given["bgnbd_p_alive"] == 1.0
+    assert given["bgnbd_expected_purchases_30d"] == pytest.approx(_bgnbd_by_hand(0, 0, 40)[1])
 
 
 def test_default_snapshot_range_covers_the_whole_history(tmp_path) -> None:

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data_layer.event_store import read_customers, read_events
+from data_layer.event_store import events_relation_sql, read_customers, read_events
+from data_layer.feature_pipeline import bgnbd_population, write_bgnbd_params
 from data_layer.live_ingest import accept_events
 from data_layer.live_state import LiveState
 from data_layer.settings import Settings
@@ -29,6 +30,11 @@ def world(tmp_path_factory):
     settings = Settings.from_env(tmp_path_factory.mktemp("live-cache"))
     settings.ensure_dirs()
     write_generated(settings, generate(40, 150, seed=9, end=END))
+    # BG/NBD parameters as builds at END and three days later would store them: the cache must
+    # follow the switch at END + 3 d, and the BG/NBD values that move at every UTC midnight.
+    fits = bgnbd_population(events_relation_sql(settings), [END, END + pd.Timedelta(days=3)])
+    assert all(fitted is not None for fitted in fits.values())
+    write_bgnbd_params(settings, fits)
     state = LiveState.open(settings)
     state.upsert_profiles(read_customers(settings))
     state.fold(read_events(settings), END)
@@ -66,9 +72,17 @@ def test_cached_features_equal_fresh_ones_at_every_instant(world):
         leaving = leaving[(leaving > END) & (leaving < END + pd.Timedelta(days=10))]
         for at in leaving.sort_values().head(3):
             instants += [at, at + pd.Timedelta(microseconds=1)]
+    # Either side of two midnights and of the parameters' switch.
+    for edge in (
+        END + pd.Timedelta(days=1),
+        END + pd.Timedelta(days=3),
+        END + pd.Timedelta(days=4),
+    ):
+        instants += [edge - pd.Timedelta(microseconds=1), edge]
     for at in sorted(instants):
         same(cache.features_frame(ids, at), state.features(ids, at))
     assert cache.hits > cache.misses  # most instants were served from the cache
+    assert state.features(ids, instants[0])["bgnbd_p_alive"].notna().any()
 
 
 def test_events_stored_elsewhere_drop_the_cached_customer(world):

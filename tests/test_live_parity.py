@@ -5,6 +5,10 @@ state in shuffled order, with repeated duplicates, in several batches and two ph
 second one moves the horizon, so recent events leave the state for the lifetime slots); then
 ``LiveState.features(all ids, t)`` must equal ``compute_snapshots(all events, customers, [t])``
 for every customer and feature. Run on the embedded SQLite state and on Redis.
+
+The BG/NBD features take the population's parameters from the build (``bgnbd_params.json``):
+the tests store a build's fit at t, between fits at other instants, and the live path must
+pick t's (the latest at or before t) to equal the batch.
 """
 
 from __future__ import annotations
@@ -12,12 +16,19 @@ from __future__ import annotations
 import math
 from urllib.parse import urlparse
 
+import duckdb
 import numpy as np
 import pandas as pd
 import pytest
 
+from data_layer.bgnbd import BGNBDFit, BGNBDParams
 from data_layer.event_store import write_customers, write_events
-from data_layer.feature_pipeline import HISTORY_NEEDED, compute_snapshots
+from data_layer.feature_pipeline import (
+    HISTORY_NEEDED,
+    bgnbd_population,
+    compute_snapshots,
+    write_bgnbd_params,
+)
 from data_layer.live_state import LIVE_HORIZON, REDIS_TTL_MARGIN, LiveState, redis_key_prefix
 from data_layer.schema import to_canonical_table
 from data_layer.settings import Settings
@@ -68,6 +79,21 @@ def state(request, tmp_path):
     live.close()
 
 
+def _store_population(settings: Settings, events: pd.DataFrame, at: pd.Timestamp) -> None:
+    """What ``features build`` stores: the population fit at ``at``, and at a week before and
+    after it (the live path must take ``at``'s, never a later one)."""
+    con = duckdb.connect()
+    try:
+        con.register("events_in", events)
+        week = pd.Timedelta(days=7)
+        fits = bgnbd_population("events_in", [at - week, at, at + week], connection=con)
+    finally:
+        con.close()
+    assert all(fitted is not None for fitted in fits.values())
+    assert fits[at].params != fits[at + week].params
+    write_bgnbd_params(settings, fits)
+
+
 def _mismatches(live: pd.DataFrame, batch: pd.DataFrame) -> list[str]:
     """Every (customer, feature) whose values differ: floats beyond 1e-9, nulls vs values."""
     assert list(live.columns) == list(batch.columns)
@@ -104,6 +130,7 @@ def test_live_features_equal_the_batch_at_a_random_intra_day_instant(state, worl
     phase1 = before[before["event_timestamp"] < early]
     phase2 = pd.concat([before[before["event_timestamp"] >= early], phase1.sample(frac=0.2)])
     state.upsert_profiles(customers)
+    _store_population(state.settings, events, at)
     folded = already = too_old = 0
     for now, frame in ((early, phase1), (at, phase2)):
         for part in _shuffled_batches(frame, rng, 4):
@@ -122,6 +149,7 @@ def test_live_features_equal_the_batch_at_a_random_intra_day_instant(state, worl
     live = state.features([*ids, "nobody"], at)
     batch = compute_snapshots(events, customers, [at])
     assert len(batch) >= 250
+    assert batch["bgnbd_p_alive"].notna().sum() >= 100
     mismatches = _mismatches(live.reset_index(drop=True), batch.reset_index(drop=True))
     assert not mismatches, f"{len(mismatches)} mismatches, e.g. {mismatches[:5]}"
     if state.settings.online_store.startswith("redis"):
@@ -150,6 +178,7 @@ def test_bootstrap_continues_from_the_event_store(state, world, tmp_path) -> Non
     settings = state.settings
     write_events(settings, to_canonical_table(events[events["event_timestamp"] < at]))
     write_customers(settings, customers)
+    _store_population(settings, events, at)
     assert state.bootstrap(at) == (events["event_timestamp"] < at).sum()
     assert state.horizon() == at - LIVE_HORIZON
     some = sorted(customers["customer_id"])[::7]
@@ -198,9 +227,20 @@ PROFILE = pd.DataFrame(
 )
 
 
+POPULATION = BGNBDParams(r=0.243, alpha=30.9, a=0.793, b=2.426)
+"""BG/NBD parameters stored for T in the hand-made tests' home, as a build would."""
+
+
+def _batch(events: pd.DataFrame) -> pd.DataFrame:
+    """The batch features at T with the population parameters the live state reads."""
+    return compute_snapshots(events, PROFILE, [T], bgnbd_params={T: POPULATION})
+
+
 @pytest.fixture
 def sqlite_state(tmp_path):
-    live = LiveState.open(_sqlite_settings(tmp_path))
+    settings = _sqlite_settings(tmp_path)
+    write_bgnbd_params(settings, {T: BGNBDFit(POPULATION, 0.0, 1000, True, "stored by the test")})
+    live = LiveState.open(settings)
     live.upsert_profiles(PROFILE)
     yield live
     live.close()
@@ -241,6 +281,8 @@ def test_a_purchase_older_than_the_horizon_changes_only_long_and_lifetime_values
         "purchase_gap_mean_days",
         "purchase_gap_std_days",
         "purchase_recency_ratio",
+        "bgnbd_p_alive",
+        "bgnbd_expected_purchases_30d",
     ]
     assert after["web_days_since_last_purchase"] == 200.0
     assert after["purchases_90d"] == 2.0 and after["revenue_90d"] == 55.0
@@ -251,7 +293,7 @@ def test_a_purchase_older_than_the_horizon_changes_only_long_and_lifetime_values
     assert after["purchase_recency_ratio"] == pytest.approx(3.0 / 98.5)
     # The old event is kept as a lifetime scalar, and the batch agrees.
     everything = pd.concat([_events(*RECENT), old])
-    batch = compute_snapshots(everything, PROFILE, [T])
+    batch = _batch(everything)
     assert not _mismatches(sqlite_state.features(["K", "P"], T), batch)
     # Folding it again changes nothing.
     assert sqlite_state.fold(old, T).too_old == 1
@@ -270,9 +312,7 @@ def test_late_and_out_of_order_events_fold_into_their_period(sqlite_state) -> No
     assert row["app_events_30d"] == 3.0
     assert row["app_days_since_last"] == pytest.approx(8 / 24)
     everything = pd.concat([_events(*RECENT), late])
-    assert not _mismatches(
-        sqlite_state.features(["K", "P"], T), compute_snapshots(everything, PROFILE, [T])
-    )
+    assert not _mismatches(sqlite_state.features(["K", "P"], T), _batch(everything))
 
 
 def test_folding_is_idempotent_and_reports_duplicates(sqlite_state) -> None:

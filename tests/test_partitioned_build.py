@@ -7,7 +7,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_layer.event_store import read_customers, write_customers, write_events
-from data_layer.feature_pipeline import build_features, read_snapshots
+from data_layer.feature_pipeline import (
+    BGNBD_PARAMS_FILE,
+    build_features,
+    read_bgnbd_params,
+    read_snapshots,
+)
 from data_layer.partitioned_build import (
     build_partitioned,
     customer_buckets,
@@ -39,6 +44,15 @@ def _assert_same_snapshots(left: Settings, right: Settings) -> None:
         assert len(a) > 0
         # Every value of every row, exactly (NaN equal to NaN).
         pd.testing.assert_frame_equal(a, b, check_exact=True)
+    # The BG/NBD population fit is over every customer, not each bucket's: the same stored
+    # parameters at every instant, and values present to compare (a bucket's own fit would
+    # move every one of them).
+    assert (left.features_dir / BGNBD_PARAMS_FILE).read_text() == (
+        right.features_dir / BGNBD_PARAMS_FILE
+    ).read_text()
+    assert all(p is not None for p in read_bgnbd_params(left).values())
+    alive = read_snapshots(left, "transactions")["bgnbd_p_alive"]
+    assert alive.notna().any() and (alive < 1).any()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 from training_home import copy_home
 
 from data_layer.event_store import write_customers, write_events
-from data_layer.feature_pipeline import build_features, read_snapshots
+from data_layer.feature_pipeline import BGNBD_PARAMS_FILE, build_features, read_snapshots
 from data_layer.settings import Settings
 from data_layer.spark_engine import build_features_spark, spark_available
 from data_layer.synthetic import generate
@@ -75,6 +75,12 @@ def test_spark_snapshots_equal_the_embedded_ones_every_value(tmp_path) -> None:
         b = _sorted(read_snapshots(spark, view).drop(columns="created_timestamp"), keys)
         assert len(a) > 0
         pd.testing.assert_frame_equal(a, b, check_exact=True)
+    # BG/NBD: one population fit per instant on the driver, the same as the embedded one.
+    assert (spark.features_dir / BGNBD_PARAMS_FILE).read_text() == (
+        embedded.features_dir / BGNBD_PARAMS_FILE
+    ).read_text()
+    alive = read_snapshots(spark, "transactions")["bgnbd_p_alive"]
+    assert alive.notna().any() and (alive < 1).any()
 
 
 @pytest.mark.slow

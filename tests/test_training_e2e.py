@@ -87,13 +87,13 @@ def test_registered_version_alias_and_the_serving_loader(home, trained):
     assert "trained on" in mv.description and "propensity_v1" in mv.description
     assert json.loads(mv.tags["omniscore.sha256"])["model.lgb"]
     model = load_version(home, "omniscore-propensity", mv.version)
-    assert model.feature_service == "propensity_v1" and len(model.feature_names) == 122
+    assert model.feature_service == "propensity_v1" and len(model.feature_names) == 124
     ts = build_training_set(home, "propensity", min_class=20)
     rows = ts.part("test")
     p = model.predict_proba(rows)
     assert p.shape == (len(rows),) and ((p > 0) & (p < 1)).all()
     contrib = model.contributions(rows.head(50))
-    assert contrib.shape == (50, 123)
+    assert contrib.shape == (50, 125)
     assert np.allclose(contrib.sum(axis=1), model.raw_score(rows.head(50)), atol=1e-6)
     pct = model.score_percentile(p)
     assert ((pct >= 0) & (pct <= 100)).all() and np.corrcoef(p, pct)[0, 1] > 0.9

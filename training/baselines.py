@@ -2,7 +2,7 @@
 
 - **RFM**: a logistic regression on recency, frequency and monetary features only, the
   classic single-view score (:func:`fit_rfm_baseline`).
-- **BG/NBD**: the classical probabilistic purchase model (:mod:`training.bgnbd`), fitted on
+- **BG/NBD**: the classical probabilistic purchase model (:mod:`data_layer.bgnbd`), fitted on
   the purchases before the test cutoff only, scoring P(at least one purchase within the
   horizon) (:func:`bgnbd_scores`).
 - **Single channel**: one LightGBM per channel on that channel's features only, and one on
@@ -21,11 +21,11 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
+from data_layer.bgnbd import scores_at_cutoff
 from data_layer.event_store import events_relation_sql
 from data_layer.settings import Settings
 from feature_repo.catalog import RFM_FEATURES
 from training import evaluate as ev
-from training.bgnbd import scores_at_cutoff
 from training.datasets import channel_features
 
 ALL_CHANNELS = "all"
