@@ -72,6 +72,7 @@ def monitoring_world(
     drift_at: pd.Timestamp | str | None = None,
     trained_until: pd.Timestamp = TRAINED_UNTIL,
     days: int = DAYS,
+    models: tuple[str, ...] = ("propensity", "churn", "segments"),
 ) -> Settings:
     """The world's home at ``path / "world"`` whose champions were trained at
     ``path / "trained"`` on the events before ``trained_until`` (see the module docstring)."""
@@ -84,7 +85,7 @@ def monitoring_world(
     data = generate(customers, days, seed, drift_at=drift_at)
     trained = Settings.from_env(path / "trained", env={})
     _build(trained, _truncate(data, trained_until))
-    for model in ("propensity", "churn", "segments"):
+    for model in models:
         extra = {"horizon_days": 30} if model == "churn" else {}
         train_model(trained, model, seed=seed, **TRAINING, **extra)
         promote(trained, model, force=True, reason="monitoring world")

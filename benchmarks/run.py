@@ -339,6 +339,8 @@ def render(page: str | None = None) -> str:
         section[i + 1 : j] = generated(name)
     lines = list(preamble)
     for section in sections:
+        if lines and lines[-1] != "":
+            lines.append("")
         lines += section
     return "\n".join(lines).rstrip("\n") + "\n"
 
