@@ -98,5 +98,7 @@ def test_drift_is_flagged_within_three_weeks_and_the_backtest_auc_drops(drift_wo
     # Cutoffs the version was fitted on are not backtested (they would flatter it).
     assert found["backtest_skipped_fitted_cutoffs"], found
     assert not set(found["backtest_skipped_fitted_cutoffs"]) & set(found["auc_by_cutoff"])
-    # The label-free estimate lands near the truth.
-    assert abs(found["expected_auc_error"]) <= 0.03, found
+    # The label-free estimate lands near the truth where its assumption (the calibration still
+    # holds) does: on the held-out cutoffs before the drift. After it, it is off, and the
+    # backtest says by how much.
+    assert abs(found["held_out_before_training_end"]["expected_auc_error"]) <= 0.03, found
