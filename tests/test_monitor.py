@@ -91,7 +91,7 @@ def test_drift_is_flagged_within_three_weeks_and_the_backtest_auc_drops(drift_wo
     from benchmarks.bench_monitor import TRAINED_UNTIL, auc_before_and_after, check_world
 
     found = check_world(drift_world, TRAINED_UNTIL, tmp_path, models=PROOF_MODELS,
-                        stop_at_first_alarm=True, snapshots=6)  # fmt: skip
+                        stop_at_first_alarm=True, snapshots=8)  # fmt: skip
     assert found["first_flagged"] is not None, found["figures_by_week"]
     before, after = auc_before_and_after(found["auc_by_cutoff"])
     assert after < before, found["auc_by_cutoff"]
