@@ -932,6 +932,11 @@ def backtest(
             f"label-free AUC estimate {m['expected_auc']:.3f}, {m['n']:.0f} scores",
             soft_wrap=True,
         )
+    if result.skipped_cutoffs:
+        console.print(
+            f"left out, as the version was fitted on them: {', '.join(result.skipped_cutoffs)}",
+            soft_wrap=True,
+        )
     console.print(f"report: {result.report}  (MLflow run {result.run_id})", soft_wrap=True)
 
 

@@ -39,7 +39,7 @@ def test_quality_score_gives_80_points_to_ranking_and_20_to_calibration():
 def test_backtest_from_the_score_log_and_from_past_snapshots(serving_home, tmp_path):
     from data_layer.score_log import read_scores
     from serving.batch import score_batch
-    from training.backtest import backtest
+    from training.backtest import backtest, fitted_cutoffs
     from training.datasets import snapshot_cutoffs
     from training.model_io import registry_client
 
@@ -75,17 +75,23 @@ def test_backtest_from_the_score_log_and_from_past_snapshots(serving_home, tmp_p
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "backtest")}
     assert "backtest/index.html" in artifacts
 
-    # Without a log: the champion scores past snapshots itself; the same cutoffs agree.
+    # Without a log: the champion scores past snapshots itself, except those it was fitted
+    # on (its train and valid cutoffs), which it names; the same cutoffs agree.
     again = backtest(home, "propensity", out=tmp_path / "snap", source="snapshots",
                      snapshots=6, log_run=False)  # fmt: skip
     assert again.source == "snapshots"
     snap = again.versions[version]
+    fitted = {t.date().isoformat() for t in fitted_cutoffs(mv.tags)}
+    assert fitted and not fitted & set(snap.cutoffs)
+    assert set(again.skipped_cutoffs) <= fitted
+    assert again.summary()["skipped_cutoffs"] == again.skipped_cutoffs
     common = set(snap.cutoffs) & set(bt.cutoffs)
-    assert common == set(bt.cutoffs)
-    logged = rows.set_index(["customer_id", "cutoff"])["probability"]
+    assert common and common == set(bt.cutoffs) - fitted
+    logged = rows[rows["cutoff"].dt.date.astype(str).isin(common)]
+    logged = logged.set_index(["customer_id", "cutoff"])["probability"]
     scored = again.rows.set_index(["customer_id", "cutoff"])["probability"]
     joined = pd.concat([logged, scored], axis=1, join="inner")
-    assert len(joined) == len(rows)
+    assert len(joined) == len(logged)
     np.testing.assert_allclose(joined.iloc[:, 0], joined.iloc[:, 1], rtol=1e-9, atol=1e-12)
 
     # A score log without old enough scores, asked for explicitly, is a clear error.

@@ -7,8 +7,10 @@ label horizon before the end of the observed events:
   the UTC midnight after it was issued (so the outcome window holds no event the score could
   have seen), and a customer scored several times on a day counts once, with the last score;
 - otherwise from a batch scoring of past snapshots: the version scores each of the latest
-  ``snapshots`` weekly snapshots whose label window is complete, with the features Feast
-  serves as of that snapshot (what ``score-batch --as-of`` would have served then).
+  ``snapshots`` weekly snapshots whose label window is complete and that the version was not
+  fitted on (its train and validation cutoffs are skipped: see :func:`fitted_cutoffs`), with
+  the features Feast serves as of that snapshot (what ``score-batch --as-of`` would have
+  served then).
 
 Each score is joined to its label (:func:`training.labels.label_frame`, with the windows the
 version was trained with: its ``omniscore.label_horizon_days`` and
@@ -127,6 +129,8 @@ class BacktestResult:
     versions: dict[str, VersionBacktest] = field(default_factory=dict)
     report: Path | None = None
     run_id: str | None = None
+    skipped_cutoffs: list[str] = field(default_factory=list)
+    """Snapshots in the backtested range left out because the version was fitted on them."""
     rows: pd.DataFrame | None = None
     """The labelled scores: customer_id, cutoff, version, probability, band, segment, label."""
 
@@ -138,6 +142,7 @@ class BacktestResult:
             "horizon_days": self.horizon_days,
             "report": str(self.report) if self.report else None,
             "run_id": self.run_id,
+            "skipped_cutoffs": self.skipped_cutoffs,
             "versions": {
                 v: {"cutoffs": b.cutoffs, **{k: _round(x) for k, x in b.metrics.items()}}
                 for v, b in self.versions.items()
@@ -182,25 +187,30 @@ def snapshot_scores(
     from training.model_io import load_champion, load_version
 
     _, end = observed_range(settings)
-    cutoffs = [t for t in snapshot_cutoffs(settings) if t + pd.Timedelta(days=horizon_days) <= end]
-    cutoffs = cutoffs[-snapshots:]
-    if not cutoffs:
-        raise ValueError(
-            f"no snapshot is at least {horizon_days} days before the last event ({end.date()}): "
-            "nothing can be backtested yet"
-        )
     loaded = (
         load_version(settings, registered_name(model), version)
         if version
         else load_champion(settings, model)
     )
+    complete = [t for t in snapshot_cutoffs(settings) if t + pd.Timedelta(days=horizon_days) <= end]
+    # A snapshot the version learned from (a train or validation cutoff) would flatter it: its
+    # outcomes are the labels it was fitted to. Only the held-out ones are backtested.
+    learned = fitted_cutoffs(loaded.tags)
+    cutoffs = [t for t in complete if t.normalize() not in learned][-snapshots:]
+    if not cutoffs:
+        raise ValueError(
+            f"no snapshot is at least {horizon_days} days before the last event ({end.date()})"
+            + (f" and outside the version's {len(learned)} training cutoffs" if learned else "")
+            + ": nothing can be backtested yet"
+        )
     segments = load_champion(settings, "segments")
+    skipped = [t for t in complete if t.normalize() in learned and t >= cutoffs[0]]
     rows = population_frame(settings, cutoffs)
     features = fetch_features(settings, loaded.feature_service, rows)
     seg_features = fetch_features(settings, segments.feature_service, rows)
     p = loaded.predict_proba(features)
     _, seg_names = segments.assign(seg_features)
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "customer_id": features["customer_id"].astype(str).to_numpy(),
             "cutoff": pd.to_datetime(features["event_timestamp"], utc=True).to_numpy(),
@@ -210,6 +220,20 @@ def snapshot_scores(
             "segment_name": np.asarray(seg_names, dtype=object),
         }
     )
+    frame.attrs["skipped_cutoffs"] = [t.date().isoformat() for t in skipped]
+    return frame
+
+
+def fitted_cutoffs(tags: dict[str, str]) -> set[pd.Timestamp]:
+    """The days a version was fitted on: its ``omniscore.cutoffs`` tag's train and valid
+    cutoffs (``train=d1,d2;valid=d3;test=d4``). The test cutoff is held out, so it stays
+    eligible for a backtest. Empty when the version records none."""
+    days: set[pd.Timestamp] = set()
+    for part in (tags.get("omniscore.cutoffs") or "").split(";"):
+        key, _, values = part.partition("=")
+        if key.strip() in ("train", "valid"):
+            days |= {pd.Timestamp(v.strip(), tz="UTC") for v in values.split(",") if v.strip()}
+    return days
 
 
 def label_scores(settings: Settings, model: str, scores: pd.DataFrame, spec) -> pd.DataFrame:
@@ -353,6 +377,9 @@ def write_report(result: BacktestResult, out: Path) -> Path:
         f"the customer did in the {result.horizon_days} days after it. Quality is 0-100 "
         "(docs/monitoring.md): 80 points for ranking (AUC 0.5 to 0.9), 20 for calibration.</p>",
     ]
+    if result.skipped_cutoffs:
+        parts.append(f"<p>Left out, as the version was fitted on them: "
+                     f"{e(', '.join(result.skipped_cutoffs))}.</p>")  # fmt: skip
     for version, bt in result.versions.items():
         m = bt.metrics
         parts.append(f"<h2>Version {e(version)}</h2><p>cutoffs: {e(', '.join(bt.cutoffs))}</p>")
@@ -429,7 +456,10 @@ def backtest(
     rows = label_scores(settings, terms.name, scores, spec)
     if rows.empty:
         raise ValueError("none of the scores falls in the model's population: nothing to check")
-    result = BacktestResult(model=terms.name, source=used, horizon_days=spec.horizon_days)
+    skipped = list(scores.attrs.get("skipped_cutoffs", []))
+    result = BacktestResult(
+        model=terms.name, source=used, horizon_days=spec.horizon_days, skipped_cutoffs=skipped
+    )
     for v, part in rows.groupby("version", sort=True):
         result.versions[str(v)] = version_backtest(str(v), part)
     result.rows = rows
