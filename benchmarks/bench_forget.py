@@ -66,8 +66,11 @@ def main() -> None:
     del data, report
 
     con = duckdb.connect()
-    events_glob = (settings.events_dir / "*.parquet").as_posix()
-    events = con.execute(f"SELECT count(*) FROM read_parquet('{events_glob}')").fetchone()[0]
+    # Flat files and the month/bucket layout alike (directory names are not columns).
+    events_glob = (settings.events_dir / "**" / "*.parquet").as_posix()
+    events = con.execute(
+        f"SELECT count(*) FROM read_parquet('{events_glob}', hive_partitioning = false)"
+    ).fetchone()[0]
     rng = np.random.default_rng(args.seed)
     width = max(6, len(str(args.customers - 1)))
     chosen = rng.choice(args.customers, size=args.forget, replace=False)
@@ -91,7 +94,8 @@ def main() -> None:
 
     listing = ", ".join(f"'{i}'" for i in ids)
     left = con.execute(
-        f"SELECT count(*) FROM read_parquet('{events_glob}') WHERE customer_id IN ({listing})"
+        f"SELECT count(*) FROM read_parquet('{events_glob}', hive_partitioning = false) "
+        f"WHERE customer_id IN ({listing})"
     ).fetchone()[0]
     features_glob = (settings.features_dir / "*.parquet").as_posix()
     left += con.execute(

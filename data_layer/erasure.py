@@ -431,7 +431,8 @@ def first_seen(settings: Settings, ids: Sequence[str], hashes: Sequence[str]) ->
     if files:
         listing = ", ".join(f"'{f.as_posix()}'" for f in files)
         rows = con.execute(
-            f"SELECT customer_id, min(event_timestamp) FROM read_parquet([{listing}]) "
+            f"SELECT customer_id, min(event_timestamp) FROM read_parquet([{listing}], "
+            "hive_partitioning = false) "
             "WHERE customer_id IN (SELECT customer_id FROM wanted) GROUP BY customer_id"
         ).fetchall()
         earliest.update({cid: pd.Timestamp(ts) for cid, ts in rows})
@@ -512,7 +513,7 @@ def _forget_events(settings: Settings, erased: set[str]) -> int:
         _clean_leftovers(settings.events_dir)
         live_segment.seal(settings)
         segment = live_segment.segment_path(settings)
-        for path in sorted(settings.events_dir.glob("*.parquet")):
+        for path in sorted(settings.events_dir.rglob("*.parquet")):  # flat files and layout
             ids = pq.read_table(path, columns=["customer_id"]).column("customer_id")
             mask = _id_mask(ids, value_set)
             if not pc.any(mask).as_py():

@@ -9,6 +9,18 @@ aside, or a live append) migrates it under the store lock (:func:`migrate_event_
 ``omniscore migrate-event-ids``), so a re-ingested file is still recognised. The marker file
 ``events/event-ids.json`` says a store's ids are current.
 
+Layout (issue 15): a batch's events are written Hive-style, one file per event month and
+customer bucket, ``events/month=YYYY-MM/bucket=NNN/<batch>.parquet``, so that a build over a
+time range or over a customer partition lists only the files it needs
+(:func:`event_files` with ``until`` or ``partition``). The bucket is
+``hash(customer_id) % B`` in DuckDB (:data:`BUCKET_HASH_SQL`), ``B`` a power of two fixed when
+the store is first written (:data:`LAYOUT_MARKER`). Files directly under ``events/`` (a home
+written before this layout, and the live segment's sealed ``live-*`` files) are read by every
+reader whatever the range or partition, so old homes keep working;
+``omniscore migrate-events`` (:func:`migrate_events`) moves them into the layout. Readers
+pass ``hive_partitioning = false`` (:func:`relation_sql`): the files hold exactly
+:data:`~data_layer.schema.EVENT_SCHEMA`, the directory names are only for pruning.
+
 The profile table keeps every version of each customer's row with its ``valid_from``
 instant (:func:`write_customers`), so snapshots take attributes point-in-time.
 """
@@ -17,6 +29,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,45 +62,204 @@ class WriteResult:
     written: int
     duplicates: int
     path: Path | None
+    """The first file written (None when nothing was); a batch spans one file per month and
+    bucket, all named after the batch."""
 
 
-def event_files(settings: Settings) -> list[Path]:
-    """The store's Parquet files, in a stable order.
+LAYOUT_MARKER = "layout.json"
+"""File in ``events/`` recording the store's layout and bucket count ``B``."""
+DEFAULT_BUCKETS = 8
+"""Buckets of a store first written by ingest (generate picks them from its customers)."""
+MAX_BUCKETS = 128
+BUCKET_HASH_SQL = "hash({column})"
+"""DuckDB's 64-bit hash of a customer id: stable across runs and processes, and the same
+for a Parquet column, an Arrow table and a frame. Store buckets and build partitions both
+take it modulo their count, so a build partition maps onto whole store buckets."""
+_MONTH = re.compile(r"^month=(\d{4}-\d{2})$")
+_BUCKET = re.compile(r"^bucket=(\d+)$")
 
-    Live events still in the live segment are sealed into a Parquet file first
-    (:func:`data_layer.live_segment.seal`), so every reader sees every accepted event.
-    """
+
+def buckets_for(customers: int) -> int:
+    """Store buckets for a world of ``customers``: a power of two, about 8,192 customers
+    each (so a 1M-customer store has 128 buckets of ~1.3M events), at most :data:`MAX_BUCKETS`."""
+    wanted = max(1, -(-int(customers) // 8_192))
+    return min(MAX_BUCKETS, 1 << (wanted - 1).bit_length())
+
+
+def store_buckets(settings: Settings) -> int | None:
+    """The store's bucket count, or None while nothing has been written in the layout."""
+    path = settings.events_dir / LAYOUT_MARKER
+    if not path.exists():
+        return None
+    return int(json.loads(path.read_text())["buckets"])
+
+
+def _set_layout(settings: Settings, buckets: int) -> int:
+    if buckets < 1 or buckets & (buckets - 1):
+        raise ValueError(f"store buckets must be a power of two, got {buckets}")
+    settings.events_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.events_dir / LAYOUT_MARKER
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"layout": "month/bucket", "buckets": buckets}) + "\n")
+    tmp.rename(path)
+    return buckets
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """One Parquet file of the store and where it sits in the layout (None: unpartitioned)."""
+
+    path: Path
+    month: str | None
+    bucket: int | None
+
+
+def stored_files(settings: Settings) -> list[StoredFile]:
+    """Every Parquet file of the store with its month and bucket (seals live events first)."""
     live_segment.seal(settings)
-    return sorted(settings.events_dir.glob("*.parquet"))
+    out = []
+    for path in sorted(settings.events_dir.rglob("*.parquet")):
+        parts = path.relative_to(settings.events_dir).parts
+        month = bucket = None
+        if len(parts) == 3:
+            m, b = _MONTH.match(parts[0]), _BUCKET.match(parts[1])
+            if m is None or b is None:
+                continue  # not a file of the store's layout
+            month, bucket = m.group(1), int(b.group(1))
+        elif len(parts) != 1:
+            continue
+        out.append(StoredFile(path, month, bucket))
+    return out
 
 
-def events_relation_sql(settings: Settings) -> str:
-    """A DuckDB ``read_parquet`` expression over the whole store (empty-safe via schema)."""
-    files = event_files(settings)
-    if not files:
-        raise FileNotFoundError(
-            f"no events under {settings.events_dir}: run `omniscore generate` or "
-            "`omniscore ingest FILE` first"
-        )
+def partition_buckets(partition: int, partitions: int, buckets: int) -> set[int]:
+    """Store buckets that can hold customers of build partition ``partition`` of ``partitions``.
+
+    A customer is in store bucket ``h % buckets`` and build partition ``h % partitions``; both
+    are ``h`` modulo ``g = gcd(buckets, partitions)`` again, so the partition's customers sit in
+    the store buckets congruent to ``partition`` modulo ``g`` (all of them when ``g`` is 1).
+    """
+    g = math.gcd(buckets, partitions)
+    return {b for b in range(buckets) if b % g == partition % g}
+
+
+def event_files(
+    settings: Settings,
+    *,
+    until: pd.Timestamp | None = None,
+    since: pd.Timestamp | None = None,
+    partition: tuple[int, int] | None = None,
+) -> list[Path]:
+    """The store's Parquet files, in a stable order; optionally only those a reader needs.
+
+    ``until``: only months holding events before that instant; ``since``: only months holding
+    events at or after it; ``partition`` ``(p, N)``: only the store buckets holding customers
+    of build partition ``p`` of ``N`` (:func:`partition_buckets`). Files outside the layout
+    are always listed: a reader filters their rows itself. Live events still in the live
+    segment are sealed into a Parquet file first (:func:`data_layer.live_segment.seal`), so
+    every reader sees every accepted event.
+    """
+    files = stored_files(settings)
+    if until is None and since is None and partition is None:
+        return [f.path for f in files]
+    wanted = None
+    if partition is not None:
+        buckets = store_buckets(settings) or 1
+        wanted = partition_buckets(partition[0], partition[1], buckets)
+    last = None if until is None else _month_of(until - pd.Timedelta(microseconds=1))
+    first = None if since is None else _month_of(since)
+    out = []
+    for f in files:
+        if f.month is not None:
+            if last is not None and f.month > last:
+                continue
+            if first is not None and f.month < first:
+                continue
+            if wanted is not None and f.bucket not in wanted:
+                continue
+        out.append(f.path)
+    return out
+
+
+def _month_of(instant: pd.Timestamp) -> str:
+    return pd.Timestamp(instant).tz_convert("UTC").strftime("%Y-%m")
+
+
+def relation_sql(files: list[Path]) -> str:
+    """A DuckDB ``read_parquet`` over ``files``; the layout's directory names are not columns."""
     listing = ", ".join(f"'{f.as_posix()}'" for f in files)
-    return f"read_parquet([{listing}])"
+    return f"read_parquet([{listing}], hive_partitioning = false)"
 
 
-def write_events(settings: Settings, table: pa.Table, *, replace: bool = False) -> WriteResult:
+def events_relation_sql(settings: Settings, **prune) -> str:
+    """A DuckDB ``read_parquet`` expression over the store (``prune``: see :func:`event_files`;
+    pruning lists fewer files, the caller still filters rows by time or bucket)."""
+    files = event_files(settings, **prune)
+    if not files:
+        if not prune or not event_files(settings):
+            raise FileNotFoundError(
+                f"no events under {settings.events_dir}: run `omniscore generate` or "
+                "`omniscore ingest FILE` first"
+            )
+        return empty_events_sql()
+    return relation_sql(files)
+
+
+def empty_events_sql() -> str:
+    """A relation with the store's columns and no rows (a pruned listing that is empty)."""
+    casts = ", ".join(f"NULL::{_DUCK_TYPES[str(f.type)]} AS {f.name}" for f in EVENT_SCHEMA)
+    return f"(SELECT {casts} LIMIT 0)"
+
+
+_DUCK_TYPES = {
+    "string": "VARCHAR",
+    "timestamp[us, tz=UTC]": "TIMESTAMPTZ",
+    "double": "DOUBLE",
+    "int64": "BIGINT",
+    "int32": "INTEGER",
+    "float": "FLOAT",
+}
+
+
+def write_events(
+    settings: Settings, table: pa.Table, *, replace: bool = False, buckets: int | None = None
+) -> WriteResult:
     """Append canonical events, skipping ids already stored; ``replace`` empties the store.
 
-    Holds the store's cross-process lock (:func:`data_layer.live_segment.store_lock`), so a
-    live append running at the same time cannot slip an id in between the duplicate check
-    and the write.
+    ``buckets`` sets the bucket count of a store written for the first time (or replaced);
+    a store keeps the count it has. Holds the store's cross-process lock
+    (:func:`data_layer.live_segment.store_lock`), so a live append running at the same time
+    cannot slip an id in between the duplicate check and the write.
     """
     with live_segment.store_lock(settings):
         if replace:
             live_segment.reset(settings)
+            _empty_store(settings)
         else:
             ensure_current_event_ids(settings)
-        result = _write_events(settings, table, replace=replace)
+        if store_buckets(settings) is None:
+            _set_layout(settings, buckets or DEFAULT_BUCKETS)
+        result = _write_events(settings, table)
         _mark_current(settings)
         return result
+
+
+def _empty_store(settings: Settings) -> None:
+    """Delete every event file, empty layout folder and the layout marker (lock held)."""
+    for old in event_files(settings):
+        old.unlink()
+    _drop_empty_folders(settings)
+    (settings.events_dir / LAYOUT_MARKER).unlink(missing_ok=True)
+
+
+def _drop_empty_folders(settings: Settings) -> None:
+    if not settings.events_dir.exists():
+        return
+    for folder in sorted(settings.events_dir.glob("month=*/bucket=*")) + sorted(
+        settings.events_dir.glob("month=*")
+    ):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 ID_MARKER = "event-ids.json"
@@ -108,7 +281,7 @@ def event_ids_current(settings: Settings) -> bool:
     """True when the store's computed ids have today's width (or it holds nothing yet)."""
     if _marker_path(settings).exists():
         return True
-    stored = any(settings.events_dir.glob("*.parquet")) or (
+    stored = any(settings.events_dir.rglob("*.parquet")) or (
         live_segment.segment_path(settings).exists() and live_segment.pending_count(settings) > 0
     )
     return not stored
@@ -140,7 +313,7 @@ def migrate_event_ids(settings: Settings) -> int:
         files = event_files(settings)  # seals the live segment first
         rewritten = 0
         if files:
-            table = pq.ParquetDataset(files).read().cast(EVENT_SCHEMA)
+            table = pq.ParquetDataset(files, partitioning=None).read().cast(EVENT_SCHEMA)
             frame = table.to_pandas()
             ids = frame["event_id"]
             legacy = is_legacy_event_id(ids)
@@ -167,31 +340,28 @@ def migrate_event_ids(settings: Settings) -> int:
                         target = old.with_name(old.name + ".legacy")
                         old.rename(target)
                         parked.append(target)
-                    _write_batch(settings, out)
+                    write_partitioned(settings, out)
                     for target in parked:
                         target.unlink()
         _mark_current(settings)
         return rewritten
 
 
-def _write_events(settings: Settings, table: pa.Table, *, replace: bool) -> WriteResult:
+def _write_events(settings: Settings, table: pa.Table) -> WriteResult:
     if table.schema != EVENT_SCHEMA:
         table = table.cast(EVENT_SCHEMA)
     settings.events_dir.mkdir(parents=True, exist_ok=True)
-    if replace:
-        for old in event_files(settings):
-            old.unlink()
     incoming = table.num_rows
     existing = event_files(settings)
     if not existing and pc.count_distinct(table.column("event_id")).as_py() == incoming:
         # Nothing stored and no repeated id (a fresh simulation): nothing to de-duplicate, so
         # skip DuckDB's anti-join and sort, which cost minutes and gigabytes at 10^7 rows.
-        return WriteResult(written=incoming, duplicates=0, path=_write_batch(settings, table))
+        paths = write_partitioned(settings, table)
+        return WriteResult(written=incoming, duplicates=0, path=paths[0] if paths else None)
     con = duckdb.connect()
     con.register("batch", table)
     if existing:
-        listing = ", ".join(f"'{f.as_posix()}'" for f in existing)
-        con.execute(f"CREATE TEMP VIEW stored AS SELECT event_id FROM read_parquet([{listing}])")
+        con.execute(f"CREATE TEMP VIEW stored AS SELECT event_id FROM {relation_sql(existing)}")
         anti = "WHERE event_id NOT IN (SELECT event_id FROM stored)"
     else:
         anti = ""
@@ -208,16 +378,90 @@ def _write_events(settings: Settings, table: pa.Table, *, replace: bool) -> Writ
     fresh = fresh.cast(EVENT_SCHEMA)
     if fresh.num_rows == 0:
         return WriteResult(written=0, duplicates=incoming, path=None)
-    path = _write_batch(settings, fresh)
-    return WriteResult(written=fresh.num_rows, duplicates=incoming - fresh.num_rows, path=path)
+    paths = write_partitioned(settings, fresh)
+    return WriteResult(written=fresh.num_rows, duplicates=incoming - fresh.num_rows, path=paths[0])
 
 
-def _write_batch(settings: Settings, table: pa.Table) -> Path:
-    path = settings.events_dir / f"batch-{uuid.uuid4().hex[:12]}.parquet"
-    tmp = path.with_suffix(".tmp")
-    pq.write_table(table, tmp, compression="zstd", row_group_size=1_000_000)
-    tmp.rename(path)
-    return path
+def layout_keys(table: pa.Table, buckets: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each event's month (``YYYY-MM``, UTC) and store bucket (``hash(customer_id) % B``)."""
+    months = pc.strftime(table.column("event_timestamp"), format="%Y-%m").to_numpy(
+        zero_copy_only=False
+    )
+    con = duckdb.connect()
+    try:
+        con.register("keys_in", table.select(["customer_id"]))
+        hashed = BUCKET_HASH_SQL.format(column="customer_id")
+        bucket = (
+            con.sql(f"SELECT ({hashed} % {int(buckets)})::INTEGER AS b FROM keys_in")
+            .to_arrow_table()
+            .column("b")
+            .to_numpy()
+        )
+    finally:
+        con.close()
+    return months.astype(str), bucket
+
+
+def write_partitioned(settings: Settings, table: pa.Table, name: str | None = None) -> list[Path]:
+    """Write ``table`` (already de-duplicated) into the layout, one file per month and bucket,
+    each named ``name`` (default a fresh batch name); returns the files written.
+
+    Each file is written under a temporary name and renamed into place, and a name is
+    replaced whole, so writing the same ``name`` again (a migration resumed) is idempotent.
+    """
+    buckets = store_buckets(settings) or _set_layout(settings, DEFAULT_BUCKETS)
+    name = name or f"batch-{uuid.uuid4().hex[:12]}"
+    if table.num_rows == 0:
+        return []
+    months, bucket = layout_keys(table, buckets)
+    labels, month_code = np.unique(months, return_inverse=True)
+    key = month_code.astype(np.int64) * buckets + bucket
+    order = np.argsort(key, kind="stable")  # keeps each file's rows in input order
+    ordered = table.take(pa.array(order))
+    key = key[order]
+    cuts = np.flatnonzero(np.diff(key)) + 1
+    paths = []
+    for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(key)], strict=True):
+        month, b = labels[key[lo] // buckets], int(key[lo] % buckets)
+        folder = settings.events_dir / f"month={month}" / f"bucket={b:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name}.parquet"
+        tmp = path.with_suffix(".tmp")
+        pq.write_table(
+            ordered.slice(lo, hi - lo), tmp, compression="zstd", row_group_size=1_000_000
+        )
+        tmp.rename(path)
+        paths.append(path)
+    return paths
+
+
+def migrate_events(settings: Settings) -> int:
+    """Move the files outside the layout (an old flat home, sealed live files) into it;
+    returns the events moved.
+
+    Runs under the store lock. Each old file is renamed ``*.parquet.migrating`` (no reader
+    lists it), its rows are written into the layout under the old file's name, then it is
+    deleted; an interrupted run is finished by the next (the same names are rewritten, so
+    no event is written twice). Event ids are unchanged, so re-ingest still recognises them.
+    """
+    moved = 0
+    with live_segment.store_lock(settings):
+        ensure_current_event_ids(settings)
+        if store_buckets(settings) is None:
+            _set_layout(settings, DEFAULT_BUCKETS)
+        flat = [f.path for f in stored_files(settings) if f.month is None]
+        parked = sorted(settings.events_dir.glob("*.parquet.migrating"))
+        for path in flat:
+            target = path.with_name(path.name + ".migrating")
+            path.rename(target)
+            parked.append(target)
+        for target in parked:
+            table = pq.read_table(target).cast(EVENT_SCHEMA)
+            write_partitioned(settings, table, name=target.name.removesuffix(".parquet.migrating"))
+            target.unlink()
+            moved += table.num_rows
+        _mark_current(settings)
+    return moved
 
 
 def read_events(settings: Settings, columns: list[str] | None = None) -> pd.DataFrame:
@@ -225,7 +469,7 @@ def read_events(settings: Settings, columns: list[str] | None = None) -> pd.Data
     files = event_files(settings)
     if not files:
         return EVENT_SCHEMA.empty_table().to_pandas()
-    return pq.ParquetDataset(files).read(columns=columns).to_pandas()
+    return pq.ParquetDataset(files, partitioning=None).read(columns=columns).to_pandas()
 
 
 def event_count(settings: Settings) -> int:

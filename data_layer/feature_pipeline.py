@@ -39,7 +39,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_layer import bgnbd
-from data_layer.event_store import events_relation_sql, profile_at, read_customers
+from data_layer.event_store import (
+    BUCKET_HASH_SQL,
+    empty_events_sql,
+    event_files,
+    events_relation_sql,
+    profile_at,
+    read_customers,
+    relation_sql,
+)
 from data_layer.schema import (
     CHANNELS,
     CUSTOMER_INITIATED_FAMILIES,
@@ -85,6 +93,86 @@ class BuildReport:
     files: list[str]
     partitions: int = 1
     """Customer buckets built one after another (1: the one-pass build)."""
+
+
+_BUILD_COLUMNS = (
+    "customer_id",
+    "event_timestamp",
+    "channel",
+    "event_type",
+    "family",
+    "amount",
+    "session_id",
+    "rating",
+)
+"""The event columns :func:`compute_snapshots` reads."""
+
+
+def build_events_sql(
+    settings: Settings,
+    times: Sequence[pd.Timestamp],
+    partition: tuple[int, int] | None = None,
+) -> str:
+    """The events a build at ``times`` needs, as a DuckDB relation that lists only the files
+    it needs (the store's month/bucket layout, :func:`data_layer.event_store.event_files`).
+
+    - Events at or after the last instant change no feature: months after it are not read.
+    - Events before ``lo = first instant - HISTORY_NEEDED`` reach a feature only through the
+      lifetime scalars and the purchases (module docstring): of those months only the narrow
+      columns are read, and only each customer's first event, last customer-initiated event
+      per channel, and every purchase are kept (the rows the live state keeps, without their
+      session and rating, which nothing at or after ``lo`` reads).
+    - ``partition`` ``(p, N)``: only the store buckets holding build partition ``p``'s
+      customers, filtered to them by the same hash.
+
+    The result has the rows of the whole store's for every feature at ``times``; the equality
+    tests compare the two builds value for value.
+    """
+    stamps = snapshot_instants(times)
+    first, last = stamps[0], stamps[-1]
+    lo = first - HISTORY_NEEDED
+    lo_sql, last_sql = _ts_literal(lo), _ts_literal(last)
+    mine = ""
+    if partition is not None:
+        hashed = BUCKET_HASH_SQL.format(column="customer_id")
+        mine = f" AND {hashed} % {int(partition[1])} = {int(partition[0])}"
+    columns = ", ".join(_BUILD_COLUMNS)
+    parts = []
+    old = event_files(settings, until=lo, partition=partition)
+    if old:
+        initiated = _lit(sorted(f.value for f in CUSTOMER_INITIATED_FAMILIES))
+        # Sorted back into each customer's time order, which the whole store's files have:
+        # window sums add a customer's items in the order they arrive, and floating-point
+        # sums are only equal when added in the same order.
+        parts.append(
+            f"""SELECT * FROM (
+                SELECT customer_id, event_timestamp, channel, event_type, family, amount,
+                       NULL::VARCHAR AS session_id, NULL::DOUBLE AS rating
+                FROM {relation_sql(old)} WHERE event_timestamp < {lo_sql}{mine}
+                QUALIFY event_type = 'purchase'
+                    OR row_number() OVER (PARTITION BY customer_id
+                                          ORDER BY event_timestamp) = 1
+                    OR (family IN ({initiated})
+                        AND row_number() OVER (
+                            PARTITION BY customer_id, channel, family IN ({initiated})
+                            ORDER BY event_timestamp DESC) = 1)
+            ) ORDER BY customer_id, event_timestamp"""
+        )
+    recent = event_files(settings, since=lo, until=last, partition=partition)
+    if recent:
+        parts.append(
+            f"SELECT {columns} FROM {relation_sql(recent)} "
+            f"WHERE event_timestamp >= {lo_sql} AND event_timestamp < {last_sql}{mine}"
+        )
+    if not parts:
+        if not event_files(settings):
+            events_relation_sql(settings)  # raises the store's "no events" error
+        return f"(SELECT {columns} FROM {empty_events_sql()})"
+    return "(" + " UNION ALL ".join(f"({part})" for part in parts) + ")"
+
+
+def _ts_literal(instant: pd.Timestamp) -> str:
+    return f"'{pd.Timestamp(instant).tz_convert('UTC').isoformat()}'::TIMESTAMPTZ"
 
 
 def snapshot_times(
@@ -948,10 +1036,13 @@ def build_features(
             files=built.files,
             partitions=partitions,
         )
-    source = events_relation_sql(settings)
-    fits = bgnbd_population(source, times)
+    # The population fit reads the whole store; the snapshots only what the instants need.
+    fits = bgnbd_population(events_relation_sql(settings), times)
     snapshots = compute_snapshots(
-        source, read_customers(settings), times, bgnbd_params=fitted_params(fits)
+        build_events_sql(settings, times),
+        read_customers(settings),
+        times,
+        bgnbd_params=fitted_params(fits),
     )
     files = write_snapshots(settings, snapshots, datetime.now(UTC))
     write_bgnbd_params(settings, fits)

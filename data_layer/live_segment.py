@@ -169,7 +169,13 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
 
 
 def _parquet_files(settings: Settings) -> list[Path]:
-    return sorted(settings.events_dir.glob("*.parquet"))
+    # Every file of the store: directly under events/ and in its month/bucket layout.
+    return sorted(settings.events_dir.rglob("*.parquet"))
+
+
+def _name(settings: Settings, path: Path) -> str:
+    """A file's key in ``indexed_files``: its path inside the store (layout files share names)."""
+    return path.relative_to(settings.events_dir).as_posix()
 
 
 def fsync_dir(path: Path) -> None:
@@ -186,7 +192,9 @@ def _recover(conn: sqlite3.Connection, files: list[Path]) -> None:
     indexed = {row[0] for row in conn.execute("SELECT name FROM indexed_files")}
     for path in files:
         match = _SEALED.match(path.name)
-        if match is None or path.name in indexed:
+        # Only a seal's own file (directly under events/) can be unfinished: a live file
+        # that migrate-events moved into the layout was recorded long before.
+        if match is None or path.name in indexed or path.parent.name.startswith("bucket="):
             continue
         first, last = int(match.group(1)), int(match.group(2))
         with _transaction(conn):
@@ -202,7 +210,7 @@ def _sync_index(conn: sqlite3.Connection, settings: Settings) -> None:
     """
     files = _parquet_files(settings)
     _recover(conn, files)
-    names = {p.name for p in files}
+    names = {_name(settings, p) for p in files}
     indexed = {row[0] for row in conn.execute("SELECT name FROM indexed_files")}
     if indexed - names:
         with _transaction(conn):
@@ -211,7 +219,7 @@ def _sync_index(conn: sqlite3.Connection, settings: Settings) -> None:
             conn.execute("INSERT OR IGNORE INTO stored_ids SELECT event_id FROM pending")
         indexed = set()
     for path in files:
-        if path.name in indexed:
+        if _name(settings, path) in indexed:
             continue
         column = pq.read_table(path, columns=["event_id"]).column("event_id").combine_chunks()
         ordered = column.take(pc.sort_indices(column))  # sorted keys: B-tree appends
@@ -219,7 +227,7 @@ def _sync_index(conn: sqlite3.Connection, settings: Settings) -> None:
             conn.executemany(
                 "INSERT OR IGNORE INTO stored_ids VALUES (?)", zip(ordered.to_pylist(), strict=True)
             )
-            conn.execute("INSERT INTO indexed_files VALUES (?)", (path.name,))
+            conn.execute("INSERT INTO indexed_files VALUES (?)", (_name(settings, path),))
 
 
 def index_store(settings: Settings) -> None:

@@ -34,11 +34,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from data_layer.bgnbd import BGNBDParams
-from data_layer.event_store import event_count, events_relation_sql, read_customers
+from data_layer.event_store import BUCKET_HASH_SQL, event_count, events_relation_sql, read_customers
 from data_layer.feature_pipeline import (
     SNAPSHOT_KEY,
     _view_schema,
     bgnbd_population,
+    build_events_sql,
     compute_snapshots,
     fitted_params,
     snapshot_instants,
@@ -78,18 +79,21 @@ class PartitionedBuild:
 def bucket_sql(column: str, partitions: int) -> str:
     """SQL of a customer's bucket in ``[0, partitions)``: DuckDB's hash of the id (stable
     across runs and processes, the same for a Parquet column and a registered frame)."""
-    return f"(hash({column}) % {int(partitions)})"
+    return f"({BUCKET_HASH_SQL.format(column=column)} % {int(partitions)})"
 
 
 def partition_count(settings: Settings, instants: int) -> int:
-    """Buckets that keep one bucket's build under the home's memory budget."""
+    """Buckets that keep one bucket's build under the home's memory budget: a power of two,
+    so that each maps onto whole buckets of the event store's layout (whose count is a power
+    of two too) and reads only their files (:func:`data_layer.event_store.partition_buckets`)."""
     budget = settings.build_memory_mb * 2**20
     customers = _customer_count(settings)
     events = event_count(settings)
     per_pass = min(instants, INSTANTS_PER_PASS)
     need = customers * per_pass * BYTES_PER_CUSTOMER_INSTANT + events * BYTES_PER_EVENT
     room = max(budget - BASE_BYTES, budget // 4)
-    return max(1, int(np.ceil(need / room)))
+    wanted = max(1, int(np.ceil(need / room)))
+    return 1 << (wanted - 1).bit_length()
 
 
 def _customer_count(settings: Settings) -> int:
@@ -113,16 +117,15 @@ def customer_buckets(customer_ids: pd.Series, partitions: int) -> np.ndarray:
 
 
 def partition_sources(
-    settings: Settings, partitions: int
+    settings: Settings, partitions: int, times: Sequence[pd.Timestamp]
 ) -> Iterator[tuple[int, str, pd.DataFrame]]:
-    """Each bucket's events (a DuckDB relation expression filtering the store) and profile rows."""
-    events = events_relation_sql(settings)
+    """Each bucket's events and profile rows. The events are a DuckDB relation over only the
+    files of the store buckets holding the bucket's customers and the months the instants
+    need (:func:`data_layer.feature_pipeline.build_events_sql`), filtered to the bucket."""
     customers = read_customers(settings)
     buckets = customer_buckets(customers["customer_id"], partitions)
     for bucket in range(partitions):
-        source = (
-            f"(SELECT * FROM {events} WHERE {bucket_sql('customer_id', partitions)} = {bucket})"
-        )
+        source = build_events_sql(settings, times, partition=(bucket, partitions))
         yield bucket, source, customers[buckets == bucket].reset_index(drop=True)
 
 
@@ -239,7 +242,7 @@ def build_partitioned(
         # Over every customer, before any bucket: the buckets share these parameters.
         fits = bgnbd_population(events_relation_sql(settings), times, connection=con)
         params = fitted_params(fits)
-        for bucket, source, profiles in partition_sources(settings, partitions):
+        for bucket, source, profiles in partition_sources(settings, partitions, times):
             began = time.perf_counter()
             seen: set[str] = set()
             for snapshots in bucket_snapshots(source, profiles, times, params, connection=con):

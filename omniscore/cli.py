@@ -268,6 +268,22 @@ def migrate_event_ids(home: HomeOption = None) -> None:
     )
 
 
+@app.command("migrate-events")
+def migrate_events(home: HomeOption = None) -> None:
+    """Move events stored outside the month/bucket layout (an old flat home, sealed live
+    files) into it, under the store lock, so time-range and partition builds can prune."""
+    from data_layer.event_store import migrate_events as migrate
+    from data_layer.event_store import store_buckets
+
+    settings = _settings(home)
+    moved = migrate(settings)
+    console.print(
+        f"{moved:,} events moved into the layout ({store_buckets(settings)} buckets per month)"
+        if moved
+        else "every event is already in the month/bucket layout: nothing to migrate"
+    )
+
+
 # --- features ------------------------------------------------------------------------------
 
 

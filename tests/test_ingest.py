@@ -19,7 +19,9 @@ import pytest
 
 from data_layer.event_store import (
     ID_MARKER,
+    LAYOUT_MARKER,
     event_count,
+    event_files,
     event_ids_current,
     migrate_event_ids,
     read_customers,
@@ -652,16 +654,17 @@ def make_legacy_store(settings: Settings, path: Path, client_id: str | None = No
     Returns the 128-bit ids ingest gave."""
     ingest_file(settings, path, IngestMapping())
     new_ids = set(read_events(settings)["event_id"])
-    table = pq.read_table(list(settings.events_dir.glob("*.parquet"))[0])
+    table = pq.ParquetDataset(event_files(settings), partitioning=None).read()
     legacy = [i[:16] for i in table.column("event_id").to_pylist()]
     if client_id is not None:
         new_ids.discard(table.column("event_id")[-1].as_py())
         new_ids.add(client_id)
         legacy[-1] = client_id
     table = table.set_column(0, "event_id", pa.array(legacy, pa.string()))
-    for old in settings.events_dir.glob("*.parquet"):
+    for old in event_files(settings):
         old.unlink()
     (settings.events_dir / ID_MARKER).unlink()
+    (settings.events_dir / LAYOUT_MARKER).unlink()  # nor the month/bucket layout (issue 15)
     pq.write_table(table, settings.events_dir / "batch-legacy.parquet")
     assert not event_ids_current(settings)
     return new_ids
