@@ -244,6 +244,19 @@ def write_events(
         return result
 
 
+def reset_events(settings: Settings, buckets: int) -> None:
+    """Empty the store (live segment, files, markers) and start a layout of ``buckets``;
+    the caller holds the store lock and writes the new events (a generator's replace)."""
+    live_segment.reset(settings)
+    _empty_store(settings)
+    _set_layout(settings, buckets)
+
+
+def mark_event_ids_current(settings: Settings) -> None:
+    """Record that the store's computed ids have today's width (a writer's last step)."""
+    _mark_current(settings)
+
+
 def _empty_store(settings: Settings) -> None:
     """Delete every event file, empty layout folder and the layout marker (lock held)."""
     for old in event_files(settings):

@@ -32,7 +32,11 @@ as real retail exports are. docs/synthetic.md describes both.
 from __future__ import annotations
 
 import json
+import shutil
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -42,7 +46,16 @@ import pyarrow.parquet as pq
 from scipy.signal import lfilter
 from scipy.special import gammaincc
 
-from data_layer.event_store import write_customers, write_events
+from data_layer.event_store import (
+    buckets_for,
+    layout_keys,
+    mark_event_ids_current,
+    reset_events,
+    write_customers,
+    write_events,
+    write_partitioned,
+)
+from data_layer.live_segment import store_lock
 from data_layer.schema import (
     CHANNELS,
     EVENT_SCHEMA,
@@ -466,41 +479,192 @@ def generate(
         if drift_day is not None:
             raise ValueError("the drift scenario is defined for the omnichannel profile only")
         return generate_sparse_retail(n_customers, days, seed, end_ts)
-    root = np.random.SeedSequence([seed, n_customers, days])
-    pop_seq, att_seq, block_seq = root.spawn(3)
-
-    pop = _draw_population(np.random.default_rng(pop_seq), n_customers, days)
-    cal = _calendar(start, days)
-    att = _simulate_attitudes(np.random.default_rng(att_seq), pop, days)
-
+    world = _OmnichannelWorld(n_customers, days, seed, start, drift_day)
     p_purchase = np.zeros((n_customers, days), dtype=np.float32)
     p_active = np.zeros((n_customers, days), dtype=np.float32)
-    ids = _customer_ids(n_customers)
     tables: list[pa.Table] = []
-    sessions = 0
-    n_blocks = -(-n_customers // BLOCK_CUSTOMERS)
-    for block, child in zip(range(n_blocks), block_seq.spawn(n_blocks), strict=True):
-        lo = block * BLOCK_CUSTOMERS
-        hi = min(n_customers, lo + BLOCK_CUSTOMERS)
-        rng = np.random.default_rng(child)
-        sink = _Sink(sessions)
-        p_purchase[lo:hi], p_active[lo:hi] = _simulate_block(
-            rng, pop, lo, hi, cal, att, sink, drift_day
-        )
-        columns = sink.finish(rng)
-        columns[0] = columns[0] - lo
-        columns[5] = np.where(columns[5] >= 0, columns[5] - sessions, -1)
-        names = _session_names(sessions, sink.sessions, seed)
-        tables.append(_events_table(columns, ids[lo:hi], names, cal))
-        sessions = sink.sessions
-    events = pa.concat_tables(tables)
+    for block in world.blocks():
+        p_purchase[block.lo : block.hi] = block.p_purchase
+        p_active[block.lo : block.hi] = block.p_active
+        tables.append(block.events)
     return GeneratedData(
-        events=events,
-        customers=_customers_frame(pop, ids, start),
-        truth_customers=_truth_customers(pop, ids, start, days),
-        truth_daily=_truth_daily(ids, start, p_purchase, p_active),
-        scenario=_omnichannel_scenario(start, drift_day),
+        events=pa.concat_tables(tables),
+        customers=world.customers(),
+        truth_customers=world.truth_customers(),
+        truth_daily=_truth_daily(world.ids, start, p_purchase, p_active),
+        scenario=world.scenario(),
     )
+
+
+@dataclass(frozen=True)
+class _Block:
+    """One block of simulated customers ``[lo, hi)``: their events and daily probabilities."""
+
+    lo: int
+    hi: int
+    events: pa.Table
+    p_purchase: np.ndarray
+    p_active: np.ndarray
+
+
+class _OmnichannelWorld:
+    """The omnichannel simulation, one block of :data:`BLOCK_CUSTOMERS` at a time.
+
+    The population and attitudes are drawn up front (small per-customer arrays); each block's
+    events come from its own child seed, so :func:`generate` (every block in memory) and
+    :func:`generate_into` (each block written as it goes) give the same events.
+    """
+
+    def __init__(
+        self, n_customers: int, days: int, seed: int, start: pd.Timestamp, drift_day: int | None
+    ) -> None:
+        self.n, self.days, self.seed, self.start, self.drift_day = (
+            n_customers,
+            days,
+            seed,
+            start,
+            drift_day,
+        )
+        root = np.random.SeedSequence([seed, n_customers, days])
+        pop_seq, att_seq, self._block_seq = root.spawn(3)
+        self.pop = _draw_population(np.random.default_rng(pop_seq), n_customers, days)
+        self.cal = _calendar(start, days)
+        self.att = _simulate_attitudes(np.random.default_rng(att_seq), self.pop, days)
+        self.ids = _customer_ids(n_customers)
+
+    def blocks(self) -> Iterator[_Block]:
+        sessions = 0
+        n_blocks = -(-self.n // BLOCK_CUSTOMERS)
+        for block, child in zip(range(n_blocks), self._block_seq.spawn(n_blocks), strict=True):
+            lo = block * BLOCK_CUSTOMERS
+            hi = min(self.n, lo + BLOCK_CUSTOMERS)
+            rng = np.random.default_rng(child)
+            sink = _Sink(sessions)
+            p_purchase, p_active = _simulate_block(
+                rng, self.pop, lo, hi, self.cal, self.att, sink, self.drift_day
+            )
+            columns = sink.finish(rng)
+            columns[0] = columns[0] - lo
+            columns[5] = np.where(columns[5] >= 0, columns[5] - sessions, -1)
+            names = _session_names(sessions, sink.sessions, self.seed)
+            events = _events_table(columns, self.ids[lo:hi], names, self.cal)
+            sessions = sink.sessions
+            yield _Block(lo, hi, events, p_purchase, p_active)
+
+    def customers(self) -> pd.DataFrame:
+        return _customers_frame(self.pop, self.ids, self.start)
+
+    def truth_customers(self) -> pd.DataFrame:
+        return _truth_customers(self.pop, self.ids, self.start, self.days)
+
+    def scenario(self) -> dict:
+        return _omnichannel_scenario(self.start, self.drift_day)
+
+
+GENERATE_FLUSH_EVENTS = 4_000_000
+"""Events :func:`generate_into` holds before writing them out (about 0.6 GB of Arrow)."""
+
+
+def generate_into(
+    settings: Settings,
+    n_customers: int,
+    days: int,
+    seed: int,
+    end: pd.Timestamp | None = None,
+    *,
+    profile: str = "omnichannel",
+    drift_at: pd.Timestamp | str | None = None,
+    flush_events: int = GENERATE_FLUSH_EVENTS,
+    buckets: int | None = None,
+) -> dict:
+    """Simulate like :func:`generate` and replace the home's data with the world, writing each
+    block's events as it goes instead of holding the world: memory is bounded by
+    ``flush_events`` and one store bucket, not by the number of customers. ``buckets``:
+    the store's bucket count (default :func:`data_layer.event_store.buckets_for`).
+
+    The stored events, profiles and truth are those :func:`write_generated` writes for
+    :func:`generate` with the same arguments (rows in another order inside files). Blocks are
+    staged one file per store bucket, then each bucket's staged files are rewritten as its
+    month files, so the store has one file per month and bucket whatever the flushes. The
+    sparse retail world is small (purchases only) and is written whole.
+    """
+    if profile != "omnichannel":
+        return write_generated(
+            settings, generate(n_customers, days, seed, end, profile=profile, drift_at=drift_at)
+        )
+    if n_customers < 1 or days < 1:
+        raise ValueError(f"need n_customers >= 1 and days >= 1, got {n_customers}, {days}")
+    end_ts = _utc_midnight(DEFAULT_END if end is None else end)
+    start = end_ts - pd.Timedelta(days=days)
+    drift_day = None if drift_at is None else _drift_day(drift_at, start, days)
+    world = _OmnichannelWorld(n_customers, days, seed, start, drift_day)
+    buckets = buckets or buckets_for(n_customers)
+    stage = settings.home / "tmp" / f"generate-{uuid.uuid4().hex[:12]}"
+    settings.ground_truth_dir.mkdir(parents=True, exist_ok=True)
+    daily_path = settings.ground_truth_dir / "daily.parquet"
+    daily_tmp = daily_path.with_suffix(".partial")
+    daily: pq.ParquetWriter | None = None
+    written = 0
+    try:
+        pending: list[pa.Table] = []
+        held = flushes = 0
+        for block in world.blocks():
+            frame = _truth_daily(world.ids[block.lo : block.hi], start, block.p_purchase,
+                                 block.p_active)  # fmt: skip
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            if daily is None:
+                daily = pq.ParquetWriter(daily_tmp, table.schema, compression="zstd")
+            daily.write_table(table)
+            pending.append(block.events)
+            held += block.events.num_rows
+            if held >= flush_events:
+                _stage(stage, pa.concat_tables(pending), buckets, flushes)
+                pending, held, flushes = [], 0, flushes + 1
+        if pending:
+            _stage(stage, pa.concat_tables(pending), buckets, flushes)
+        daily.close()
+        daily = None
+        with store_lock(settings):
+            reset_events(settings, buckets)
+            for bucket_dir in sorted(stage.glob("bucket=*")):
+                table = pq.ParquetDataset(
+                    sorted(bucket_dir.glob("*.parquet")), partitioning=None
+                ).read()
+                if pc.count_distinct(table.column("event_id")).as_py() != table.num_rows:
+                    raise RuntimeError("the simulation repeated an event id")  # never expected
+                write_partitioned(settings, table, name="generated")
+                written += table.num_rows
+                del table
+            mark_event_ids_current(settings)
+        daily_tmp.rename(daily_path)
+    finally:
+        if daily is not None:
+            daily.close()
+        daily_tmp.unlink(missing_ok=True)
+        shutil.rmtree(stage, ignore_errors=True)
+    customers = world.customers()
+    write_customers(settings, customers)
+    truth = world.truth_customers()
+    truth.to_parquet(settings.ground_truth_dir / "customers.parquet", index=False)
+    scenario = world.scenario()
+    (settings.ground_truth_dir / SCENARIO_FILE).write_text(
+        json.dumps(scenario, indent=2, sort_keys=True) + "\n"
+    )
+    return _counts(scenario, written, 0, customers, truth, days)
+
+
+def _stage(stage: Path, events: pa.Table, buckets: int, flush: int) -> None:
+    """Write one flush of events as one file per store bucket under ``stage``."""
+    _, bucket = layout_keys(events, buckets)
+    order = np.argsort(bucket, kind="stable")
+    ordered = events.take(pa.array(order))
+    bucket = bucket[order]
+    cuts = np.flatnonzero(np.diff(bucket)) + 1
+    for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(bucket)], strict=True):
+        folder = stage / f"bucket={int(bucket[lo]):03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(ordered.slice(lo, hi - lo), folder / f"flush-{flush:05d}.parquet",
+                       compression="lz4")  # fmt: skip
 
 
 def _omnichannel_scenario(start: pd.Timestamp, drift_day: int | None) -> dict:
@@ -536,7 +700,8 @@ def write_generated(settings: Settings, data: GeneratedData) -> dict:
 
     The CLI prints the returned dict as its summary.
     """
-    result = write_events(settings, data.events, replace=True)
+    buckets = buckets_for(len(data.customers))
+    result = write_events(settings, data.events, replace=True, buckets=buckets)
     write_customers(settings, data.customers)
     settings.ground_truth_dir.mkdir(parents=True, exist_ok=True)
     data.truth_customers.to_parquet(settings.ground_truth_dir / "customers.parquet", index=False)
@@ -548,18 +713,35 @@ def write_generated(settings: Settings, data: GeneratedData) -> dict:
     (settings.ground_truth_dir / SCENARIO_FILE).write_text(
         json.dumps(data.scenario, indent=2, sort_keys=True) + "\n"
     )
-    truth = data.truth_customers
+    return _counts(
+        data.scenario,
+        result.written,
+        result.duplicates,
+        data.customers,
+        data.truth_customers,
+        len(data.truth_daily) // max(1, len(data.customers)),
+    )
+
+
+def _counts(
+    scenario: dict,
+    written: int,
+    duplicates: int,
+    customers: pd.DataFrame,
+    truth: pd.DataFrame,
+    days: int,
+) -> dict:
     counts = {
-        "profile": data.scenario["profile"],
-        "events": result.written,
-        "duplicates": result.duplicates,
-        "customers": len(data.customers),
+        "profile": scenario["profile"],
+        "events": written,
+        "duplicates": duplicates,
+        "customers": len(customers),
         "churned": int(truth["churn_date"].notna().sum()),
-        "days": len(data.truth_daily) // max(1, len(data.customers)),
+        "days": days,
         "archetypes": truth["archetype"].value_counts().sort_index().to_dict(),
     }
-    if data.scenario.get("drift_at"):
-        counts["drift_at"] = data.scenario["drift_at"]
+    if scenario.get("drift_at"):
+        counts["drift_at"] = scenario["drift_at"]
     return counts
 
 

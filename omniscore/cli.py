@@ -143,8 +143,7 @@ def generate(
     home: HomeOption = None,
 ) -> None:
     """Generate synthetic events with known ground truth (replaces the store)."""
-    from data_layer.synthetic import PROFILES, SPARSE_DEFAULT_DAYS, write_generated
-    from data_layer.synthetic import generate as simulate
+    from data_layer.synthetic import PROFILES, SPARSE_DEFAULT_DAYS, generate_into
 
     if profile not in PROFILES:
         _fail(f"unknown profile {profile!r}: choose one of {', '.join(PROFILES)}")
@@ -152,12 +151,14 @@ def generate(
         days = SPARSE_DEFAULT_DAYS if profile == "sparse-retail" else 365
     settings = _settings(home)
     with console.status(f"simulating {customers:,} customers × {days} days ({profile})"):
+        settings.ensure_dirs()
         try:
-            data = simulate(customers, days, seed, profile=profile, drift_at=drift_at)
+            # Block by block into the store: a million customers never sit in memory at once.
+            counts = generate_into(
+                settings, customers, days, seed, profile=profile, drift_at=drift_at
+            )
         except ValueError as exc:
             _fail(str(exc))
-        settings.ensure_dirs()
-        counts = write_generated(settings, data)
     console.print(
         _table("generated", [(k, f"{v:,}" if isinstance(v, int) else v) for k, v in counts.items()])
     )

@@ -91,9 +91,9 @@ class ServeCheck:
 
 
 def _generate(settings: Settings, options: PipelineOptions) -> dict:
-    from data_layer.synthetic import generate, write_generated
+    from data_layer.synthetic import generate_into
 
-    return write_generated(settings, generate(options.customers, options.days, options.seed))
+    return generate_into(settings, options.customers, options.days, options.seed)
 
 
 def _events_exist(settings: Settings, options: PipelineOptions) -> bool:

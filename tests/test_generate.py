@@ -604,3 +604,31 @@ def test_generate_command_takes_the_profile_and_the_drift_date(tmp_path) -> None
     assert load_scenario(Settings.from_env(home))["profile"] == "sparse-retail"
     stored = read_events(Settings.from_env(home))
     assert set(stored["event_type"]) == {"purchase"}
+
+
+def test_generate_into_writes_what_generate_writes_block_by_block(tmp_path):
+    """The streaming writer (bounded memory at 1M customers) stores the same world."""
+    from data_layer.event_store import stored_files
+    from data_layer.synthetic import generate_into
+
+    whole = Settings.from_env(tmp_path / "whole", env={})
+    streamed = Settings.from_env(tmp_path / "streamed", env={})
+    end = DEFAULT_END
+    expected = write_generated(whole, generate(N, 60, seed=3, end=end, drift_at="2026-06-01"))
+    # Tiny flushes and four buckets: several staged files per bucket, merged per month.
+    counts = generate_into(
+        streamed, N, 60, seed=3, end=end, drift_at="2026-06-01", flush_events=4_000, buckets=4
+    )
+    assert counts == expected
+    key = ["customer_id", "event_timestamp"]
+    a = read_events(whole).sort_values(key).reset_index(drop=True)
+    b = read_events(streamed).sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    files = stored_files(streamed)
+    assert {f.bucket for f in files} == {0, 1, 2, 3}
+    assert len(files) == len({(f.month, f.bucket) for f in files})  # one file per month, bucket
+    pd.testing.assert_frame_equal(read_customers(whole), read_customers(streamed))
+    for left, right in zip(load_truth(whole), load_truth(streamed), strict=True):
+        left, right = left.astype({"customer_id": str}), right.astype({"customer_id": str})
+        pd.testing.assert_frame_equal(left, right, check_exact=True)
+    assert not list((streamed.home / "tmp").glob("generate-*"))
