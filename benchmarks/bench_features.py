@@ -123,16 +123,28 @@ def _same_rows(left: Path, right: Path) -> bool:
     return True
 
 
-def run(customers: int, days: int, weeks: int, home: Path, budget_mb: int, cap_gb: float) -> dict:
-    """Generate unless the home holds events, then the two builds; the figures."""
+def run(
+    customers: int,
+    days: int,
+    weeks: int,
+    home: Path,
+    budget_mb: int,
+    cap_gb: float,
+    one_pass: bool = True,
+) -> dict:
+    """Generate unless the home holds events, then the two builds; the figures.
+    ``one_pass`` False: the partitioned build alone (a world the one-pass build cannot fit)."""
     generate_seconds = None
-    if not any((home / "events").glob("*.parquet")):
+    if not any((home / "events").rglob("*.parquet")):
         generate_seconds = round(_generate(home, customers, days), 1)
     shutil.rmtree(home / "features", ignore_errors=True)
     # Partitioned first: its figures stand even when the one-pass build must be stopped.
     parted = _timed_build(home, weeks, budget_mb, home / "bench-partitioned", cap_gb)
     shutil.rmtree(home / "features", ignore_errors=True)
-    one = _timed_build(home, weeks, ONE_PASS_BUDGET_MB, home / "bench-one-pass", cap_gb)
+    if one_pass:
+        one = _timed_build(home, weeks, ONE_PASS_BUDGET_MB, home / "bench-one-pass", cap_gb)
+    else:
+        one = {"stopped_over_gb": None, "skipped": True}
     shutil.rmtree(home / "features", ignore_errors=True)
     figures = {
         "benchmark": "features_build",
@@ -153,6 +165,7 @@ def run(customers: int, days: int, weeks: int, home: Path, budget_mb: int, cap_g
                     "peak_rss_gb",
                     "partition_seconds_mean",
                     "partition_seconds_max",
+                    "bytes_read",
                     "stopped_over_gb",
                 )
                 if k in parted
@@ -160,7 +173,14 @@ def run(customers: int, days: int, weeks: int, home: Path, budget_mb: int, cap_g
         },  # fmt: skip
         "one_pass": {
             k: one[k]
-            for k in ("seconds", "process_wall_seconds", "peak_rss_gb", "stopped_over_gb")
+            for k in (
+                "seconds",
+                "process_wall_seconds",
+                "peak_rss_gb",
+                "bytes_read",
+                "stopped_over_gb",
+                "skipped",
+            )
             if k in one
         },
         "target_partitioned_peak_rss_gb": 4,
@@ -172,6 +192,26 @@ def run(customers: int, days: int, weeks: int, home: Path, budget_mb: int, cap_g
         figures["same_rows_and_values"] = _same_rows(
             home / "bench-one-pass", home / "bench-partitioned"
         )
+    return figures
+
+
+def incremental(home: Path, weeks: int, full_weeks: int, budget_mb: int, cap_gb: float) -> dict:
+    """A ``weeks``-week incremental build (the newest instants) against a full build of
+    ``full_weeks`` weekly instants, same home and budget: bytes the build process read
+    (``rchar``), bytes of the files it listed, wall time and peak RSS of each."""
+    figures = {"benchmark": "features_incremental", "budget_mb": budget_mb}
+    for name, count in (("full", full_weeks), ("incremental", weeks)):
+        shutil.rmtree(home / "features", ignore_errors=True)
+        report = _timed_build(home, count, budget_mb, home / f"bench-{name}", cap_gb)
+        figures[name] = report
+        shutil.rmtree(home / f"bench-{name}", ignore_errors=True)
+    full, inc = figures["full"], figures["incremental"]
+    figures["events"] = full.get("events")
+    figures["event_bytes_stored"] = full.get("event_bytes_stored")
+    figures["incremental_bytes_read_share"] = round(inc["bytes_read"] / full["bytes_read"], 3)
+    figures["incremental_time_share"] = round(
+        inc["process_wall_seconds"] / full["process_wall_seconds"], 3
+    )
     return figures
 
 
@@ -216,6 +256,8 @@ def _child_build(home: Path, weeks: int) -> None:
     start = end - pd.Timedelta(weeks=weeks - 1)
     times = list(pd.date_range(start, end, freq="7D"))
     partitions = partition_count(settings, len(times))
+    listed = _listed_bytes(settings, times)
+    read_before = _bytes_read()
     began = time.perf_counter()
     if partitions > 1:
         built = build_partitioned(settings, times, partitions)
@@ -233,9 +275,33 @@ def _child_build(home: Path, weeks: int) -> None:
                 "seconds": round(time.perf_counter() - began, 1),
                 "partition_seconds_mean": round(sum(seconds) / len(seconds), 2),
                 "partition_seconds_max": round(max(seconds), 2),
+                "bytes_read": _bytes_read() - read_before,
+                "event_bytes_listed": listed,
+                "event_bytes_stored": sum(
+                    p.stat().st_size for p in (home / "events").rglob("*.parquet")
+                ),
             }
         )
     )
+
+
+def _bytes_read() -> int:
+    """Bytes this process has read through read()/pread() (``rchar``: page cache included,
+    so a warm file counts as much as a cold one: what the build asks for, not what the disk
+    served)."""
+    text = Path("/proc/self/io").read_text()
+    return int(re.search(r"^rchar: (\d+)", text, re.M)[1])
+
+
+def _listed_bytes(settings, times) -> int:
+    """Size of the event files a build at ``times`` lists (the month/bucket layout prunes)."""
+    from data_layer.event_store import event_files
+    from data_layer.feature_pipeline import HISTORY_NEEDED
+
+    lo = min(times) - HISTORY_NEEDED
+    files = set(event_files(settings, since=lo, until=max(times)))
+    files |= set(event_files(settings, until=lo))
+    return sum(p.stat().st_size for p in files)
 
 
 def main() -> None:
@@ -251,6 +317,15 @@ def main() -> None:
     parser.add_argument(
         "--spark-partitions", type=int, default=0, help="also build on Spark in N buckets"
     )
+    parser.add_argument(
+        "--no-one-pass", action="store_true", help="the partitioned build alone (1M customers)"
+    )
+    parser.add_argument(
+        "--incremental",
+        type=int,
+        default=0,
+        help="instead: an N-week incremental build against a --weeks full build (bytes read)",
+    )
     parser.add_argument("--child", choices=("generate", "build", "spark"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     home = Path(args.home) if args.home else Path(tempfile.mkdtemp(prefix="bench-features-"))
@@ -260,8 +335,21 @@ def main() -> None:
         _child_build(home, args.weeks)
     elif args.child == "spark":
         _child_spark(home, args.weeks, args.spark_partitions)
+    elif args.incremental:
+        if not any((home / "events").rglob("*.parquet")):
+            _generate(home, args.customers, args.days)
+        figures = incremental(home, args.incremental, args.weeks, args.budget_mb, args.cap_gb)
+        print(json.dumps(figures))
     else:
-        figures = run(args.customers, args.days, args.weeks, home, args.budget_mb, args.cap_gb)
+        figures = run(
+            args.customers,
+            args.days,
+            args.weeks,
+            home,
+            args.budget_mb,
+            args.cap_gb,
+            one_pass=not args.no_one_pass,
+        )
         if args.spark_partitions:
             figures["spark"] = _timed_spark(home, args.weeks, args.spark_partitions, args.cap_gb)
         print(json.dumps(figures))
