@@ -48,9 +48,9 @@ from scipy.special import gammaincc
 
 from data_layer.event_store import (
     buckets_for,
-    layout_keys,
     mark_event_ids_current,
     reset_events,
+    store_bucket_of,
     write_customers,
     write_events,
     write_partitioned,
@@ -655,7 +655,7 @@ def generate_into(
 
 def _stage(stage: Path, events: pa.Table, buckets: int, flush: int) -> None:
     """Write one flush of events as one file per store bucket under ``stage``."""
-    _, bucket = layout_keys(events, buckets)
+    bucket = store_bucket_of(events, buckets)
     order = np.argsort(bucket, kind="stable")
     ordered = events.take(pa.array(order))
     bucket = bucket[order]
