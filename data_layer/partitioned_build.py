@@ -4,7 +4,8 @@ Customers are independent of each other: every feature of a customer at T reads 
 customer's events and profile rows. So the build splits customers into ``N`` buckets by a
 stable hash of ``customer_id`` (:func:`bucket_sql`), runs the same
 :func:`data_layer.feature_pipeline.compute_snapshots` on each bucket's events (DuckDB reads
-the store with the bucket as a filter, so one bucket's events are in memory at a time) and
+only the event files of the store buckets that hold the bucket's customers, with the bucket
+as a filter, so one bucket's events are in memory at a time) and
 appends each bucket's rows to the per-view Parquet files through streaming writers. The rows
 and values are those of the one-pass build; only the order of rows in the files differs
 (sorted by customer and T within each bucket). The one thing a customer's features share with
