@@ -9,6 +9,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from data_layer import live_segment
 from data_layer.event_store import (
     LAYOUT_MARKER,
     event_files,
@@ -123,3 +124,28 @@ def test_an_old_flat_home_keeps_working_and_migrates(world, tmp_path):
     again = write_events(settings, world.events)
     assert again.written == 0 and again.duplicates == table.num_rows
     assert migrate_events(settings) == 0  # nothing left outside the layout
+
+
+def test_live_appends_stay_exactly_once_across_sealing_and_migration(world, tmp_path):
+    """Sealed live files sit outside the layout; after migrate-events moves them in, the
+    event-id index still knows every stored id (re-sent events are duplicates) and is keyed
+    by each file's path in the store."""
+    settings = Settings.from_env(tmp_path, env={})
+    stored = world.events.slice(0, 2_000)
+    live = world.events.slice(2_000, 50)
+    write_events(settings, stored, replace=True, buckets=BUCKETS)
+    assert live_segment.append(settings, live).all()
+    assert not live_segment.append(settings, stored.slice(0, 10)).any()  # stored by the batch
+    sealed = live_segment.seal(settings)
+    assert sealed is not None and sealed.parent == settings.events_dir
+    assert migrate_events(settings) == live.num_rows
+    assert not sealed.exists()
+    assert not live_segment.append(settings, live).any()  # moved, still known
+    fresh = world.events.slice(2_050, 5)
+    assert live_segment.append(settings, fresh).all()
+    ids = read_events(settings)["event_id"]
+    assert len(ids) == ids.nunique() == 2_055
+    conn = live_segment._connect(settings)
+    names = {row[0] for row in conn.execute("SELECT name FROM indexed_files")}
+    files = {p.relative_to(settings.events_dir).as_posix() for p in event_files(settings)}
+    assert names == files
