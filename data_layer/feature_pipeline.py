@@ -329,6 +329,10 @@ SELECT ev.cust, ev.ts, ev.ch, ev.typ, ev.initiated,
        coalesce(t.email_touch, false) AS email_touch,
        coalesce(r.recovered_at, -1) AS recovered_at
 FROM ev LEFT JOIN touch t USING (eid) LEFT JOIN cart_recovery r USING (eid)
+-- Window sums add each customer's amounts and ratings in the order rows arrive, and floating
+-- point sums are equal only when added in the same order: sorting on the values makes it one
+-- order whatever the files, their layout or DuckDB's threads (one pass, partitions, live).
+ORDER BY ev.cust, ev.ts, ev.ch, ev.typ, ev.amount NULLS FIRST, ev.rating NULLS FIRST
 """
 
 _FETCH_SESSIONS_SQL = "SELECT cust, ch, ts, is_switch FROM sess"
