@@ -23,7 +23,12 @@ from data_layer.event_store import (
     write_customers,
     write_events,
 )
-from data_layer.feature_pipeline import build_events_sql, compute_snapshots
+from data_layer.feature_pipeline import (
+    bgnbd_population,
+    build_events_sql,
+    compute_snapshots,
+    fitted_params,
+)
 from data_layer.partitioned_build import customer_buckets
 from data_layer.schema import EVENT_SCHEMA
 from data_layer.settings import Settings
@@ -85,14 +90,21 @@ def test_a_partition_or_a_time_range_lists_only_its_files(home):
 def test_a_recent_build_and_a_partition_give_the_whole_store_snapshots(home):
     times = list(pd.date_range(END - pd.Timedelta(weeks=4), END, freq="7D"))
     customers = read_customers(home)
-    whole = compute_snapshots(events_relation_sql(home), customers, times)
-    pruned = compute_snapshots(build_events_sql(home, times), customers, times)
+    # BG/NBD population parameters are fitted on the whole store once (as every build does).
+    params = fitted_params(bgnbd_population(events_relation_sql(home), times))
+    whole = compute_snapshots(events_relation_sql(home), customers, times, bgnbd_params=params)
+    pruned = compute_snapshots(build_events_sql(home, times), customers, times, bgnbd_params=params)
     assert len(whole) > 500
     pd.testing.assert_frame_equal(_sorted(whole), _sorted(pruned), check_exact=True)
     # Eight build partitions over four store buckets: each reads one bucket's files.
     bucket = customer_buckets(customers["customer_id"], 8)
     parts = pd.concat(
-        compute_snapshots(build_events_sql(home, times, (p, 8)), customers[bucket == p], times)
+        compute_snapshots(
+            build_events_sql(home, times, (p, 8)),
+            customers[bucket == p],
+            times,
+            bgnbd_params=params,
+        )
         for p in range(8)
     )
     pd.testing.assert_frame_equal(_sorted(whole), _sorted(parts), check_exact=True)
