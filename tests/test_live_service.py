@@ -19,7 +19,7 @@ from training_home import copy_home
 
 from data_layer.event_store import read_customers, read_events
 from data_layer.feast_store import feature_store, online_features
-from data_layer.feature_pipeline import compute_snapshots
+from data_layer.feature_pipeline import bgnbd_params_at, compute_snapshots, read_bgnbd_params
 from data_layer.live_state import LiveState
 from data_layer.synthetic import generate
 from serving.launcher import start_server
@@ -65,9 +65,18 @@ def post_events(client, events: list[dict]) -> list[dict]:
     return results
 
 
+def batch_frame(home, at: pd.Timestamp) -> pd.DataFrame:
+    """The batch pipeline's features of every customer at ``at``, from the whole event store.
+
+    The BG/NBD features use the population fit the last build stored, as the live path does
+    between builds (a fit at ``at`` itself would also see the events posted by the tests)."""
+    params = {at: bgnbd_params_at(read_bgnbd_params(home), at)}
+    return compute_snapshots(read_events(home), read_customers(home), [at], bgnbd_params=params)
+
+
 def batch_features(home, customer: str, at: pd.Timestamp) -> dict:
     """The batch pipeline's features of one customer at ``at``, from the whole event store."""
-    frame = compute_snapshots(read_events(home), read_customers(home), [at])
+    frame = batch_frame(home, at)
     row = frame[frame["customer_id"] == customer]
     assert len(row) == 1
     return row.iloc[0].to_dict()
@@ -217,7 +226,7 @@ def test_features_are_the_batch_features_at_the_clock_and_slide_with_it(home, cl
 def test_scores_are_the_models_on_the_batch_features_at_the_clock(home, client):
     ids = [f"C{i:06d}" for i in range(1, 9)]
     body = client.post("/score", json={"customer_ids": ids}).json()
-    frame = compute_snapshots(read_events(home), read_customers(home), [CLOCK])
+    frame = batch_frame(home, CLOCK)
     frame = frame.set_index("customer_id").loc[ids].reset_index()
     for name in ("propensity", "churn"):
         model = load_champion(home, name)
@@ -252,7 +261,7 @@ def test_a_world_posted_over_http_in_shuffled_batches_is_served_as_the_batch_com
         statuses += [r["status"] for r in post_events(client, posted[lo : lo + 50])]
     assert statuses.count("accepted") == len(records)
     assert statuses.count("duplicate") == len(repeats)
-    frame = compute_snapshots(read_events(home), read_customers(home), [CLOCK])
+    frame = batch_frame(home, CLOCK)
     expected = frame.set_index("customer_id")
     for customer in sorted(world["customer_id"].unique()):
         served = client.get(f"/customers/{customer}").json()["features"]

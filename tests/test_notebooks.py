@@ -32,7 +32,9 @@ NAMES = (
     "03-segments.ipynb",
     "04-journey.ipynb",
 )
-SIZE = WorkspaceSize(customers=400, days=300, trials=2, seed=7, min_class=20)
+SIZE = WorkspaceSize(customers=500, days=300, trials=2, seed=7, min_class=20)
+"""500 customers: at 400 the propensity model of seed 7 misses the gate's calibration bound
+(ECE 0.053 > 0.05) and the notebooks would have no champion to show."""
 
 
 # --- fast checks ----------------------------------------------------------------------------
@@ -86,7 +88,8 @@ def nb_home(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("OMNISCORE_HOME", str(home))
         for f in fields(SIZE):
-            mp.setenv(f"OMNISCORE_NB_{f.name.upper()}", str(getattr(SIZE, f.name)))
+            if getattr(SIZE, f.name) is not None:  # None: the default, left unset
+                mp.setenv(f"OMNISCORE_NB_{f.name.upper()}", str(getattr(SIZE, f.name)))
         # On two busy cores, OpenMP threads wait on each other: one LightGBM thread is faster.
         mp.setenv("OMNISCORE_LGBM_THREADS", "1")
         mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
