@@ -95,7 +95,7 @@ class BuildReport:
     """Customer buckets built one after another (1: the one-pass build)."""
 
 
-_BUILD_COLUMNS = (
+FEATURE_EVENT_COLUMNS = (
     "customer_id",
     "event_timestamp",
     "channel",
@@ -136,7 +136,7 @@ def build_events_sql(
     if partition is not None:
         hashed = BUCKET_HASH_SQL.format(column="customer_id")
         mine = f" AND {hashed} % {int(partition[1])} = {int(partition[0])}"
-    columns = ", ".join(_BUILD_COLUMNS)
+    columns = ", ".join(FEATURE_EVENT_COLUMNS)
     parts = []
     old = event_files(settings, until=lo, partition=partition)
     if old:

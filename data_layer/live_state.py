@@ -53,6 +53,7 @@ import pyarrow as pa
 from data_layer.event_store import events_relation_sql, read_customers
 from data_layer.feature_pipeline import (
     BGNBD_PARAMS_FILE,
+    FEATURE_EVENT_COLUMNS,
     HISTORY_NEEDED,
     bgnbd_params_at,
     compute_snapshots,
@@ -77,17 +78,7 @@ def redis_key_prefix(project: str) -> str:
     return f"{REDIS_PREFIX}{project}:"
 
 
-EVENT_COLUMNS = (
-    "event_id",
-    "customer_id",
-    "event_timestamp",
-    "channel",
-    "event_type",
-    "family",
-    "amount",
-    "session_id",
-    "rating",
-)
+EVENT_COLUMNS = ("event_id", *FEATURE_EVENT_COLUMNS)
 """The columns the state keeps: what the features read, and the event id."""
 _ARROW_SCHEMA = pa.schema(
     [

@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from data_layer.bgnbd import BGNBDParams
 from data_layer.event_store import event_files, events_relation_sql
 from data_layer.feature_pipeline import (
+    FEATURE_EVENT_COLUMNS,
     bgnbd_population,
     compute_snapshots,
     fitted_params,
@@ -48,16 +49,7 @@ from data_layer.schema import CUSTOMER_SCHEMA
 from data_layer.settings import Settings
 from feature_repo.catalog import FEATURES
 
-EVENT_COLUMNS = [
-    "customer_id",
-    "event_timestamp",
-    "channel",
-    "event_type",
-    "family",
-    "amount",
-    "session_id",
-    "rating",
-]
+EVENT_COLUMNS = list(FEATURE_EVENT_COLUMNS)
 """The event columns :func:`compute_snapshots` reads (the only ones Spark ships to tasks)."""
 
 BUCKET = "_bucket"
