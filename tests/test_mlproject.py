@@ -12,16 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from training_home import build_home
 
 from training.model_io import registry_client
 from training.runs import launcher_tags
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-CUSTOMERS = 1200
-"""``omniscore train`` keeps the default eligibility bar (100 rows of each class in the
-training cutoffs); churners are rare enough that this needs about 1,200 customers."""
 
 
 def test_launcher_tags_nest_under_the_launching_run() -> None:
@@ -30,8 +26,8 @@ def test_launcher_tags_nest_under_the_launching_run() -> None:
 
 
 @pytest.mark.slow
-def test_mlflow_run_train_entry_point_registers_churn(tmp_path: Path) -> None:
-    settings = build_home(tmp_path / "home", n_customers=CUSTOMERS)
+def test_mlflow_run_train_entry_point_registers_churn(copy_world, tmp_path: Path) -> None:
+    settings = copy_world(tmp_path / "home")
     tracking = f"sqlite:///{settings.home / 'mlflow.db'}"
     client = registry_client(tracking)
     before = len(client.search_model_versions("name='omniscore-churn'"))

@@ -1,8 +1,9 @@
 """The notebooks run top to bottom on one small trained home and show what they promise.
 
 They are executed with nbclient on the ``python3`` kernel, which jupyter_client resolves to
-this interpreter (the venv's). The home is built once, by the same ``ensure_home`` the
-notebooks call, so each notebook finds it ready and does only its own work. The experiment
+this interpreter (the venv's). The home is a copy of the session's serving home
+(``tests/conftest.py``), which the same ``ensure_home`` the notebooks call finds complete, so
+each notebook does only its own work. The experiment
 notebook's new run is checked in MLflow, not only in the notebook's text.
 """
 
@@ -16,11 +17,13 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from nbclient import NotebookClient
+from training_home import copy_home
 
 from data_layer.schema import CHANNELS
 from data_layer.settings import Settings
 from data_layer.synthetic import ARCHETYPE_NAMES
 from omniscore.workspace import WorkspaceSize, ensure_home, workspace_settings
+from training.contract import MODEL_NAMES
 from training.experiments import latest_per
 from training.model_io import load_champion
 
@@ -32,9 +35,9 @@ NAMES = (
     "03-segments.ipynb",
     "04-journey.ipynb",
 )
-SIZE = WorkspaceSize(customers=500, days=300, trials=2, seed=7, min_class=20)
-"""500 customers: at 400 the propensity model of seed 7 misses the gate's calibration bound
-(ECE 0.053 > 0.05) and the notebooks would have no champion to show."""
+SIZE = WorkspaceSize(trials=1, min_class=20, cutoffs=4)
+"""What the kernels read from ``OMNISCORE_NB_*``: the experiment notebook trains its second
+horizon as the serving home's models were trained (one trial, four cutoffs)."""
 
 
 # --- fast checks ----------------------------------------------------------------------------
@@ -81,12 +84,14 @@ def test_latest_per_keeps_the_newest_finished_run_of_each_value() -> None:
 
 # --- executed notebooks ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def nb_home(tmp_path_factory):
-    """One small home with propensity and segments trained and promoted; the environment the
-    kernels inherit points at it."""
-    home = tmp_path_factory.mktemp("notebook-home")
+def nb_home(serving_home, tmp_path_factory):
+    """A copy of the session's serving home (all three champions, materialized): each
+    notebook's ``ensure_home`` finds every stage done, as on a home ``make demo`` built, and
+    does only its own work. The environment the kernels inherit points at it."""
+    home = copy_home(serving_home, tmp_path_factory.mktemp("notebook-home")).home
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("OMNISCORE_HOME", str(home))
+        # The size of a world to build were the home empty; here it is not.
         for f in fields(SIZE):
             if getattr(SIZE, f.name) is not None:  # None: the default, left unset
                 mp.setenv(f"OMNISCORE_NB_{f.name.upper()}", str(getattr(SIZE, f.name)))
@@ -97,8 +102,9 @@ def nb_home(tmp_path_factory):
                     "OMNISCORE_NB_HORIZON"):  # fmt: skip
             mp.delenv(var, raising=False)
         settings = Settings.from_env(home)
-        report = ensure_home(settings, SIZE, models=("propensity", "segments"), log=lambda _: None)
-        assert report.champions == {"propensity": "1", "segments": "1"}, report.summary()
+        report = ensure_home(settings, SIZE, log=lambda _: None)
+        assert report.built == [], report.summary()
+        assert report.champions == {m: "1" for m in MODEL_NAMES}, report.summary()
         yield settings
 
 
