@@ -50,11 +50,15 @@ def test_the_reference_sample_holds_no_customer_id(tmp_path):
             "x": np.arange(20.0),
         }
     )
-    path = write_reference(frame, ["x"], tmp_path, seed=1, probability=np.linspace(0, 1, 20))
+    labels = np.arange(20) % 2
+    path = write_reference(
+        frame, ["x"], tmp_path, seed=1, probability=np.linspace(0, 1, 20), label=labels
+    )
     stored = pd.read_parquet(path)
-    assert list(stored.columns) == ["x", "probability"]
+    assert list(stored.columns) == ["x", "probability", "label"]
     assert len(stored) == 20
     np.testing.assert_allclose(stored["probability"], stored["x"] / 19)
+    np.testing.assert_array_equal(stored["label"], stored["x"].astype(int) % 2)
 
 
 PROOF_CUSTOMERS = 1000
@@ -74,6 +78,18 @@ def test_a_steady_world_crosses_no_threshold(serving_home, tmp_path):
     assert set(result.models) == {"propensity", "churn", "segments"}
     assert result.alarms == [], result.summary()
     assert result.models["segments"]["refit_ari_reference"] > 0
+    # The label-free estimate recalibrates on the reference's labels (CBPE): on the
+    # reference itself it then lands near the AUC the reference realized.
+    from sklearn.metrics import roc_auc_score
+
+    from training.model_io import load_champion
+    from training.monitor import load_reference
+
+    propensity = result.models["propensity"]
+    assert propensity["expected_auc_from"].startswith("reference-recalibrated"), propensity
+    reference = load_reference(serving_home, load_champion(serving_home, "propensity"))
+    realized = roc_auc_score(reference["label"], reference["probability"])
+    assert propensity["expected_auc_reference"] == pytest.approx(realized, abs=0.03)
 
 
 @pytest.fixture(scope="module")
