@@ -35,8 +35,9 @@ def test_expected_auc_is_the_mean_auc_of_outcomes_drawn_from_the_probabilities()
 
 def test_the_estimate_recalibrated_on_a_labelled_reference_undoes_squeezed_probabilities():
     """Served probabilities half as dispersed as the truth (logit halved, shifted) make the
-    raw estimate far too low; the recalibration fitted on a labelled reference recovers the
-    map (slope 2, intercept 1.6) and the estimate lands near the realized AUC."""
+    raw estimate far too low. Fitted on the labelled reference alone, the recalibration
+    recovers the map (slope 2, intercept 1.6) and the estimate lands near the realized AUC;
+    by default the served calibration weighs as much as the reference, so it goes halfway."""
     rng = np.random.default_rng(0)
 
     def scored(n):
@@ -46,20 +47,24 @@ def test_the_estimate_recalibrated_on_a_labelled_reference_undoes_squeezed_proba
 
     p_ref, y_ref = scored(2000)
     p, y = scored(4000)
-    recalibration = fit_recalibration(p_ref, y_ref)
-    assert recalibration.slope == pytest.approx(2.0, abs=0.15)
-    assert recalibration.intercept == pytest.approx(1.6, abs=0.15)
-    raw, fixed = score_metrics(y, p), score_metrics(y, p, recalibration)
+    alone = fit_recalibration(p_ref, y_ref, served_weight=0.0)
+    assert alone.slope == pytest.approx(2.0, abs=0.15)
+    assert alone.intercept == pytest.approx(1.6, abs=0.15)
+    raw, fixed = score_metrics(y, p), score_metrics(y, p, alone)
     assert raw["expected_auc_error"] < -0.08
     assert abs(fixed["expected_auc_error"]) < 0.02
     assert fixed["expected_auc_raw"] == raw["expected_auc"]
     assert fixed["auc"] == raw["auc"]  # a monotone map: the ranking is the served one
+    pooled = fit_recalibration(p_ref, y_ref)
+    assert 1.0 < pooled.slope < alone.slope
+    halfway = score_metrics(y, p, pooled)["expected_auc_error"]
+    assert halfway == pytest.approx(raw["expected_auc_error"] / 2, abs=0.015)
     # The same from a stored reference; none without labels, few positives or no ranking.
     reference = pd.DataFrame({"probability": p_ref, "label": y_ref})
-    assert reference_recalibration(reference) == recalibration
+    assert reference_recalibration(reference) == pooled
     assert reference_recalibration(reference.drop(columns="label")) is None
     assert fit_recalibration(p_ref[:100], np.arange(100) < 9) is None  # 9 positives
-    assert fit_recalibration(p_ref, 1 - y_ref) is None
+    assert fit_recalibration(p_ref, 1 - y_ref, served_weight=0.0) is None
 
 
 def test_quality_score_gives_80_points_to_ranking_and_20_to_calibration():

@@ -80,22 +80,33 @@ def quality_score(auc: float, ece: float) -> float:
 
 RECALIBRATION_MIN_CLASS = 10
 """Positives and negatives a labelled reference needs before its recalibration is fitted."""
+SERVED_CALIBRATION_WEIGHT = 1.0
+"""Weight of the served calibration in :func:`fit_recalibration`, in reference rows per row:
+alike, as the validation cutoff it was fitted on and the reference's test cutoff are each one
+weekly snapshot of the same population."""
 
 
 @dataclass(frozen=True)
 class Recalibration:
-    """A monotone map from a version's probabilities to the outcome rate observed at them on
-    its labelled reference (the test rows stored with its training run), which the label-free
-    estimate applies first: CBPE's own calibration step (NannyML fits one on its reference
-    period too).
+    """A monotone map from a version's probabilities to the outcome rate at them, which the
+    label-free estimate applies first: CBPE's own calibration step (NannyML fits one on its
+    labelled reference period too), here fitted on the labelled reference stored with the
+    version (its test rows) and on the served calibration, weighing alike.
 
-    The version's Platt scaling was fitted on a holdout model's validation scores and applied
-    to the final refit's, and on a few hundred positives its slope is noisy: probabilities a
-    little too dispersed (or too concentrated) move the expected AUC by a few points. A
-    logistic regression of the reference's labels on the logit of its probabilities corrects
-    the slope and the level (see docs/monitoring.md for what was measured against isotonic
-    regression). Two numbers, refitted from the reference parquet whenever it is loaded:
-    nothing is unpickled.
+    Why: the expected AUC hangs on how dispersed the probabilities are, and the served Platt
+    scaling was fitted on one weekly cutoff (the validation one, from a holdout model): a few
+    hundred positives at 1,000 customers, so its slope is off by 10-30 % now and then and the
+    estimate by up to 0.04-0.05. The test cutoff is another week of the same population, as
+    noisy on its own (recalibrated on it alone, the estimate missed on other seeds). Together
+    they nearly halve the error: the logistic regression of the reference's labels on the
+    logit of its probabilities, plus as many pseudo-rows that count each probability as right
+    (a positive with weight p, a negative with weight 1 - p), which alone would give the
+    identity. On 15 steady 1,000-customer worlds the estimate's error against the realized
+    AUC of 8 backtest cutoffs fell from 0.022 RMS (3 beyond 0.03) to 0.013 (1 beyond; see
+    docs/monitoring.md).
+
+    Two numbers, refitted from the reference parquet whenever it is loaded: nothing is
+    unpickled.
     """
 
     slope: float
@@ -121,10 +132,13 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p / (1.0 - p))
 
 
-def fit_recalibration(p: np.ndarray, y: np.ndarray) -> Recalibration | None:
+def fit_recalibration(
+    p: np.ndarray, y: np.ndarray, served_weight: float = SERVED_CALIBRATION_WEIGHT
+) -> Recalibration | None:
     """The :class:`Recalibration` of labels ``y`` on probabilities ``p`` (a labelled
-    reference), or None when either class has fewer than :data:`RECALIBRATION_MIN_CLASS`
-    rows or the outcomes do not rise with the probability."""
+    reference), the served calibration counting as ``served_weight`` pseudo-rows per row (0:
+    the reference alone), or None when either class has fewer than
+    :data:`RECALIBRATION_MIN_CLASS` rows or the outcomes do not rise with the probability."""
     from sklearn.linear_model import LogisticRegression
 
     p = np.asarray(p, dtype=float)
@@ -134,7 +148,13 @@ def fit_recalibration(p: np.ndarray, y: np.ndarray) -> Recalibration | None:
     positives = int(y.sum())
     if min(positives, len(y) - positives) < RECALIBRATION_MIN_CLASS:
         return None
-    lr = LogisticRegression(C=1e6, max_iter=1000).fit(_logit(p).reshape(-1, 1), y)
+    z = _logit(p)
+    # Each pseudo-row is a probability taken as right: a positive with weight p, a negative
+    # with weight 1 - p (a logistic fit on those alone is the identity, slope 1, intercept 0).
+    x = np.concatenate([z, z, z]).reshape(-1, 1)
+    labels = np.concatenate([y, np.ones_like(y), np.zeros_like(y)])
+    weights = np.concatenate([np.ones(len(y)), served_weight * p, served_weight * (1 - p)])
+    lr = LogisticRegression(C=1e6, max_iter=1000).fit(x, labels, sample_weight=weights)
     slope = float(lr.coef_[0, 0])
     if slope <= 0:  # the reference's outcomes do not rise with the score: nothing to correct
         return None
