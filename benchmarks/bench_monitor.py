@@ -143,7 +143,8 @@ def check_world(
     rows = bt.rows
     held_out = rows[pd.to_datetime(rows["cutoff"], utc=True) + pd.Timedelta(days=bt.horizon_days)
                     <= TRAINED_UNTIL]  # fmt: skip
-    held = score_metrics(held_out["label"].to_numpy(), held_out["probability"].to_numpy())
+    held = score_metrics(held_out["label"].to_numpy(), held_out["probability"].to_numpy(),
+                         champion.recalibration)  # fmt: skip
     return {
         "drift_at": None if drift_at is None else str(pd.Timestamp(drift_at).date()),
         "alarms_by_week": weeks,
@@ -155,12 +156,15 @@ def check_world(
         },
         "backtest_skipped_fitted_cutoffs": bt.skipped_cutoffs,
         "expected_auc_error": round(champion.metrics["expected_auc_error"], 4),
+        "expected_auc_from": champion.estimate_from,
+        "expected_auc_raw_error": round(champion.metrics["expected_auc_raw_error"], 4),
         "held_out_before_training_end": {
             "cutoffs": sorted({str(pd.Timestamp(t).date()) for t in held_out["cutoff"]}),
             "rows": len(held_out),
             "auc": round(held["auc"], 4),
             "expected_auc": round(held["expected_auc"], 4),
             "expected_auc_error": round(held["expected_auc_error"], 4),
+            "expected_auc_raw_error": round(held["expected_auc_raw_error"], 4),
         },
         "backtest_rows": int(champion.metrics["n"]),
         "monitor_seconds": seconds,
@@ -217,6 +221,8 @@ def main() -> None:
     if result["steady"]:
         errors = [s["expected_auc_error"] for s in result["steady"].values()]
         result["steady_expected_auc_error_max_abs"] = max(abs(e) for e in errors)
+        raw = [s["expected_auc_raw_error"] for s in result["steady"].values()]
+        result["steady_expected_auc_raw_error_max_abs"] = max(abs(e) for e in raw)
     result["steady_false_alarms"] = sum(
         1 for s in result["steady"].values() for alarms in s["alarms_by_week"].values() if alarms
     )

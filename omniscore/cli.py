@@ -951,7 +951,7 @@ def backtest(
         )
     if result.skipped_cutoffs:
         console.print(
-            f"left out, as the version was fitted on them: {', '.join(result.skipped_cutoffs)}",
+            "left out, as the version learned their outcomes: " + ", ".join(result.skipped_cutoffs),
             soft_wrap=True,
         )
     console.print(f"report: {result.report}  (MLflow run {result.run_id})", soft_wrap=True)

@@ -276,11 +276,13 @@ def train_classifier(
             baselines.to_csv(charts / "single_channel_baselines.csv", index=False)
             per_channel = ev.shap_by_channel(ev.mean_abs_shap(contrib, names))
             run.log_artifacts(charts, "evaluation")
-            # The monitor's reference: a sample of the test population, without ids.
+            # The monitor's reference: a sample of the test population, without ids. Its
+            # labels let the monitor and the backtest recalibrate the probabilities before
+            # estimating the AUC without labels (training.monitor.reference_calibrator).
             from training.monitor import write_reference
 
             reference = Path(tmp) / "reference"
-            write_reference(test_rows, names, reference, seed, probability=p_test)
+            write_reference(test_rows, names, reference, seed, probability=p_test, label=y["test"])
             run.log_artifacts(reference, "reference")
             package_dir = Path(tmp) / "package"
             hashes = write_classifier_dir(pkg, package_dir, test_rows.head(50))

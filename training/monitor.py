@@ -2,9 +2,10 @@
 
 ``omniscore monitor`` calls :func:`monitor`. Every champion stores, as an artifact of its
 training run, a reference sample of its training population (:func:`write_reference`:
-at most :data:`REFERENCE_ROWS` rows of its features, and its probabilities or segments; no
-customer id). The monitor takes the customers of the latest weekly snapshot (at or before
-``as_of``), in each model's population, scores them with the champions and compares:
+at most :data:`REFERENCE_ROWS` rows of its features, and its probabilities and labels (the
+test rows of a classifier) or segments; no customer id). The monitor takes the customers of
+the latest weekly snapshot (at or before ``as_of``), in each model's population, scores them
+with the champions and compares:
 
 - **feature drift**: Evidently's per-column drift test (``DataDriftPreset``: Wasserstein
   distance for numbers, Jensen-Shannon for categories, each with its default threshold of
@@ -23,8 +24,11 @@ customer id). The monitor takes the customers of the latest weekly snapshot (at 
   served names;
 - **label-free performance**: the expected AUC and positive rate implied by the calibrated
   probabilities (:func:`training.backtest.expected_auc`, CBPE-style), against the same on the
-  reference; flagged when the expected AUC drops more than ``monitor_expected_auc_drop``. The
-  version's latest backtest (if any) says how far that estimate was from the realized AUC.
+  reference; flagged when the expected AUC drops more than ``monitor_expected_auc_drop``. As
+  in CBPE, the probabilities are first recalibrated on the reference's labels
+  (:class:`training.backtest.Recalibration`; raw for a version whose reference holds none,
+  and ``expected_auc_from`` says which). The version's latest backtest (if any) says how far
+  that estimate was from the realized AUC.
 
 Thresholds are :class:`~data_layer.settings.Settings` fields. An MLflow run in the
 ``omniscore-monitoring`` experiment records every figure; :attr:`MonitorResult.alarms` lists
@@ -43,7 +47,13 @@ import pandas as pd
 
 from data_layer.settings import Settings
 from feature_repo.catalog import VIEWS, features_of_view
-from training.backtest import BACKTEST_TAG, MONITORING_EXPERIMENT, expected_auc
+from training.backtest import (
+    BACKTEST_TAG,
+    MONITORING_EXPERIMENT,
+    RAW_ESTIMATE,
+    expected_auc,
+    reference_recalibration,
+)
 from training.contract import ACTIVE, CLASSIFIERS, CLUSTERINGS, contract
 
 REFERENCE_ROWS = 5000
@@ -80,22 +90,27 @@ def write_reference(
 
 def load_reference(settings: Settings, loaded) -> pd.DataFrame:
     """The reference stored with a loaded version's training run."""
+    return reference_of_run(settings, loaded.run_id, f"{loaded.name} v{loaded.version}")
+
+
+def reference_of_run(settings: Settings, run_id: str | None, version: str) -> pd.DataFrame:
+    """The reference stored with a training run (``version`` names it in errors)."""
     import mlflow.artifacts
 
-    if not loaded.run_id:
-        raise ValueError(f"{loaded.name} v{loaded.version} records no training run")
+    if not run_id:
+        raise ValueError(f"{version} records no training run")
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = mlflow.artifacts.download_artifacts(
-                run_id=loaded.run_id,
+                run_id=run_id,
                 artifact_path=f"{REFERENCE_ARTIFACT}/{REFERENCE_FILE}",
                 dst_path=tmp,
                 tracking_uri=settings.tracking_uri,
             )
         except Exception as exc:
             raise ValueError(
-                f"{loaded.name} v{loaded.version} has no training reference (trained before "
-                "references were stored): retrain it to monitor it"
+                f"{version} has no training reference (trained before references were "
+                "stored): retrain it to monitor it"
             ) from exc
         return pd.read_parquet(path)
 
@@ -404,7 +419,14 @@ def monitor_classifier(settings: Settings, model: str, cutoff, client, result) -
     bands_cur = pd.Series(loaded.band(p_cur)).value_counts(normalize=True)
     bands = pd.DataFrame({"reference": bands_ref, "current": bands_cur}).fillna(0.0)
     bands = bands.reindex([b for b in ("low", "medium", "high") if b in bands.index])
-    auc_ref, auc_cur = expected_auc(p_ref), expected_auc(p_cur)
+    # CBPE's own calibration step: the probabilities mapped to the outcome rate the labelled
+    # reference observed at them (training.backtest.Recalibration); raw without labels.
+    recalibration = reference_recalibration(reference)
+    if recalibration is not None:
+        q_ref, q_cur = recalibration(p_ref), recalibration(p_cur)
+    else:
+        q_ref, q_cur = p_ref, p_cur
+    auc_ref, auc_cur = expected_auc(q_ref), expected_auc(q_cur)
     figures = {
         "version": loaded.version,
         "rows_reference": len(reference),
@@ -420,8 +442,11 @@ def monitor_classifier(settings: Settings, model: str, cutoff, client, result) -
         "expected_auc_reference": auc_ref,
         "expected_auc_current": auc_cur,
         "expected_auc_drop": auc_ref - auc_cur,
-        "expected_positive_rate_reference": float(p_ref.mean()),
-        "expected_positive_rate_current": float(p_cur.mean()),
+        "expected_auc_from": (
+            recalibration.describe() if recalibration is not None else RAW_ESTIMATE
+        ),
+        "expected_positive_rate_reference": float(q_ref.mean()),
+        "expected_positive_rate_current": float(q_cur.mean()),
         "backtest_expected_auc_error": _backtest_error(client, loaded),
     }
     result.models[model] = figures
