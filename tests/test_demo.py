@@ -133,7 +133,7 @@ def test_demo_runs_end_to_end_and_prints_only_its_own_output(tmp_path: Path) -> 
         # Four cutoffs (validation, test, two to train on) keep the run short.
         [
             str(OMNISCORE),
-            *("demo", "--customers", "400", "--days", "330", "--trials", "2"),
+            *("demo", "--customers", "400", "--days", "330", "--trials", "1"),
             *("--min-class", "20", "--cutoffs", "4"),
         ],
         env=_env(home),

@@ -54,6 +54,14 @@ def canonical(records: list[dict]):
     return to_canonical_table(frame)
 
 
+def test_the_live_horizon_outlasts_the_features_look_back():
+    # Checked here, not by an assert in the module: the server runs under python -O.
+    from data_layer.feature_pipeline import HISTORY_NEEDED
+    from data_layer.live_state import LIVE_HORIZON
+
+    assert LIVE_HORIZON > HISTORY_NEEDED
+
+
 def test_statuses_in_order_with_reasons_and_quarantine(settings):
     purchase = event("C1", "2026-06-03T11:00:00Z", event_type="purchase", amount=12.5)
     records = [

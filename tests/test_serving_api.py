@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import socket
 import threading
@@ -39,6 +40,8 @@ from training.model_io import load_champion
 pytestmark = pytest.mark.slow
 API_KEY = "test-key-0123456789abcdef"
 IDS = [f"C{i:06d}" for i in range(1, 41)]
+SERVER_PATH = re.compile(r"(?:/[\w.@+-]+){2,}")
+"""Two or more path segments: what a leaked server path looks like in a response."""
 UNKNOWN = "not-a-customer-7"
 
 
@@ -479,6 +482,13 @@ def test_online_store_failure_gives_503_and_not_ready(home, server, client, fail
         ready = httpx.get(f"{server.url}/readyz")
         assert ready.status_code == 503 and ready.json()["ready"] is False
         assert httpx.get(f"{server.url}/healthz").status_code == 200
+        if failure == "removed":
+            missing = "the online store file is missing"
+            assert response.json()["message"] == missing and ready.json()["reason"] == missing
+        # The client is told what failed, never where: the path stays in the server's log.
+        for answer in (response, ready):
+            assert path.name not in answer.text and not SERVER_PATH.search(answer.text)
+        assert str(path) in server.log()
     finally:
         path.unlink(missing_ok=True)
         shutil.move(aside, path)

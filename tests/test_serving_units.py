@@ -34,6 +34,15 @@ def test_serve_config_reads_the_environment_and_refuses_bad_values():
         ServeConfig.from_env({"OMNISCORE_ONLINE_READ": "psychic"})
 
 
+def test_the_server_runs_optimized_unless_told_otherwise(tmp_path):
+    from data_layer.settings import Settings
+    from serving.launcher import server_env
+
+    settings = Settings.from_env(tmp_path)
+    assert server_env(settings, base={})["PYTHONOPTIMIZE"] == "1"
+    assert server_env(settings, base={"PYTHONOPTIMIZE": "0"})["PYTHONOPTIMIZE"] == "0"
+
+
 def test_a_pin_file_left_in_the_checkout_is_refused_not_silently_served(tmp_path):
     from serving.config import PINNED_MODELS_FILE, ServeConfigError
 
