@@ -11,7 +11,8 @@ Three tiers, one suite (``make test`` runs all; ``make test-fast`` leaves out ``
   skipped when the servers are absent unless ``OMNISCORE_REQUIRE_SERVICES=1``).
 - **slow** (``@pytest.mark.slow``): everything that trains (Optuna, LightGBM, clustering) or
   runs a whole command end to end: training runs, promotion, distributed tuning, the
-  BentoML server over HTTP, ``mlflow run``, ``omniscore demo`` and the notebooks.
+  BentoML server over HTTP, ``mlflow run``, ``omniscore demo``, the notebooks, erasure and
+  stream consumers killed half-way, and feature builds on Spark.
 
 Shared data is built once per session and copied where a test changes it:
 ``world_template`` (the 500-customer world of :mod:`training_home`: events, weekly

@@ -305,6 +305,7 @@ forget(Settings.from_env(sys.argv[1]), read_ids_file(sys.argv[2]), progress=prog
 """
 
 
+@pytest.mark.slow  # runs the erasure twice in processes of their own
 @pytest.mark.parametrize("stop_after", ["event_store", "features"])
 def test_forget_killed_half_way_completes_when_run_again(embedded, tmp_path, stop_after):
     settings = embedded

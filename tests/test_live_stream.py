@@ -94,6 +94,7 @@ def wait_until(condition, timeout: float, what: str) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.slow  # runs three `omniscore stream` consumers
 def test_sigkill_mid_batch_then_two_consumers_give_exact_counts(tmp_path, client, stream):
     home = tmp_path / "home"
     events = make_events(1500)

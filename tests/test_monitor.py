@@ -69,6 +69,7 @@ PROOF_MODELS = ("propensity", "segments")
 segments and the backtest is of propensity."""
 
 
+@pytest.mark.slow  # the serving home's champions are trained
 def test_a_steady_world_crosses_no_threshold(serving_home, tmp_path):
     """The session's steady world (no drift scenario) against its champions' references:
     nothing may ring. The five-seed proof at 1,000 customers is the benchmark's."""

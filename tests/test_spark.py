@@ -56,6 +56,7 @@ def _sorted(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return frame.sort_values(keys).reset_index(drop=True)
 
 
+@pytest.mark.slow  # a whole feature build on a Spark session (a JVM)
 def test_spark_snapshots_equal_the_embedded_ones_every_value(tmp_path) -> None:
     embedded, spark = _world(tmp_path / "embedded"), _world(tmp_path / "spark")
     times = list(pd.date_range(END - pd.Timedelta(weeks=4), END, freq="7D"))
