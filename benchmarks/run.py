@@ -164,8 +164,9 @@ BENCHMARKS: dict[str, tuple[str, list[str], str]] = {
     "monitor_drift": (
         "benchmarks.bench_monitor",
         ["--customers", "1000", "--seeds", "0", "--workdir", "/tmp/omniscore-bench-monitor-proof"],
-        "Monitoring proof, drifted world (issue 14 §4): the drift scenario from 2026-05-25 (store "
-        "activity moves to the app), champions trained before it; flagged within three weekly "
+        "Monitoring proof, drifted world (issue 14 §4): the drift scenario from 2026-05-25 (half "
+        "the customers' purchase rates reshuffled, store activity moves to the app), champions "
+        "trained before it; flagged within three weekly "
         "snapshots, the propensity AUC drops in the backtest, and the label-free AUC estimate "
         "lands within 0.03 of the realized AUC on the held-out cutoffs before the drift.",
     ),

@@ -22,8 +22,11 @@ How a customer-day is simulated, all vectorised over (customers, days) matrices:
 * a day loop over all customers (vectorised inside) draws support contacts, complaints and
   survey ratings, and from them the hazard of starting to drift and of churning.
 
-Two variations serve tests and benchmarks. ``drift_at`` changes behaviour from a date on (store
-activity moves to the app, deal seekers buy half as often), for monitoring to detect. The
+Two variations serve tests and benchmarks. ``drift_at`` changes behaviour from a date on, for
+monitoring to detect: a competitor's promotion reshuffles who buys (half the customers take,
+from then on, another's purchase rates while keeping their own browsing and past, so the link
+a model learned from features to purchases breaks: a concept drift), an app launch moves store
+activity to the app, and deal seekers buy half as often. The
 ``sparse-retail`` profile (:func:`generate_sparse_retail`) is another world: a purchase-only,
 one-channel log of customers who buy a few times a year, with $0 orders and identical lines,
 as real retail exports are. docs/synthetic.md describes both.
@@ -139,6 +142,13 @@ ABANDONED_CART_SMS = 0.35
 """Share of abandoned app carts that trigger a reminder SMS (for SMS-opted customers)."""
 
 # The drift scenario (``generate(..., drift_at=...)``): behaviour from that date on.
+DRIFT_RESHUFFLED = 0.5
+"""Share of customers whose purchase behaviour is re-drawn at the drift date (a competitor's
+promotion reshuffles who buys): each takes, from then on, the purchase rates of another of
+them (a random permutation among them, so the total volume stays about the same), while
+their browsing and their past stay theirs. What a model learned about how past behaviour
+leads to purchases no longer holds for them: a concept drift, which a champion trained
+before the date pays for."""
 DRIFT_STORE_TO_APP = 0.6
 """Share of store browsing and store purchases that moves to the app from the drift date on."""
 DRIFT_ARCHETYPE = "deal_seeker"
@@ -464,9 +474,9 @@ def generate(
     ``profile`` picks the world: ``omnichannel`` (the six archetypes on every channel) or
     ``sparse-retail`` (purchases only, on one channel, a few a year: see
     :func:`generate_sparse_retail`). ``drift_at`` (omnichannel only) is the first day of the
-    drift scenario: from that UTC day on the channel mix moves from store to app and one
-    archetype's purchase rate changes (DRIFT_* constants). Without it the output is exactly
-    the world without drift.
+    drift scenario: from that UTC day on half the customers' purchase rates are reshuffled
+    among them, the channel mix moves from store to app and one archetype's purchase rate
+    changes (DRIFT_* constants). Without it the output is exactly the world without drift.
     """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}: choose one of {', '.join(PROFILES)}")
@@ -531,6 +541,12 @@ class _OmnichannelWorld:
         self.cal = _calendar(start, days)
         self.att = _simulate_attitudes(np.random.default_rng(att_seq), self.pop, days)
         self.ids = _customer_ids(n_customers)
+        # A fourth child seed, spawned only with a drift: the world without one is untouched.
+        self.donor = (
+            None
+            if drift_day is None
+            else _purchase_donors(np.random.default_rng(root.spawn(1)[0]), n_customers)
+        )
 
     def blocks(self) -> Iterator[_Block]:
         sessions = 0
@@ -541,7 +557,7 @@ class _OmnichannelWorld:
             rng = np.random.default_rng(child)
             sink = _Sink(sessions)
             p_purchase, p_active = _simulate_block(
-                rng, self.pop, lo, hi, self.cal, self.att, sink, self.drift_day
+                rng, self.pop, lo, hi, self.cal, self.att, sink, self.drift_day, self.donor
             )
             columns = sink.finish(rng)
             columns[0] = columns[0] - lo
@@ -673,6 +689,7 @@ def _omnichannel_scenario(start: pd.Timestamp, drift_day: int | None) -> dict:
     return {
         "profile": "omnichannel",
         "drift_at": f"{start + pd.Timedelta(days=drift_day):%Y-%m-%d}",
+        "reshuffled": DRIFT_RESHUFFLED,
         "store_to_app": DRIFT_STORE_TO_APP,
         "archetype": DRIFT_ARCHETYPE,
         "purchase_factor": DRIFT_PURCHASE_FACTOR,
@@ -1043,7 +1060,7 @@ class _BlockRates:
     cart_recovery: np.ndarray
 
 
-def _block_rates(pop: _Population, sl: slice) -> _BlockRates:
+def _block_rates(pop: _Population, sl: slice | np.ndarray) -> _BlockRates:
     return _BlockRates(
         browse=[pop.browse[sl, k, None] for k in range(len(BROWSE_CHANNELS))],
         buy=[pop.buy[sl, k, None] for k in range(len(BUY_CHANNELS))],
@@ -1054,6 +1071,15 @@ def _block_rates(pop: _Population, sl: slice) -> _BlockRates:
     )
 
 
+def _purchase_donors(rng: np.random.Generator, n: int) -> np.ndarray:
+    """For each customer, whose purchase rates they have from the drift date on: themselves,
+    or for a DRIFT_RESHUFFLED share, another of that share (a random permutation of it)."""
+    donor = np.arange(n)
+    moved = np.flatnonzero(rng.random(n) < DRIFT_RESHUFFLED)
+    donor[moved] = rng.permutation(moved)
+    return donor
+
+
 def _drift_purchase_factor(arch: np.ndarray, day, drift_day: int) -> np.ndarray:
     """Multiplier of purchase rates: DRIFT_PURCHASE_FACTOR for the drifting archetype from
     ``drift_day`` on, 1 otherwise (broadcast over ``arch`` and ``day``)."""
@@ -1062,19 +1088,33 @@ def _drift_purchase_factor(arch: np.ndarray, day, drift_day: int) -> np.ndarray:
 
 
 def _drifted_rates(
-    pop: _Population, sl: slice, rates: _BlockRates, days: int, drift_day: int
+    pop: _Population, sl: slice, rates: _BlockRates, days: int, drift_day: int, donor: np.ndarray
 ) -> _BlockRates:
     """The rates of the drift scenario, as (customers, days) matrices.
 
-    From ``drift_day`` on, DRIFT_STORE_TO_APP of each customer's store browsing and store
-    purchases (base, intent and web-researched) move to the app (an app launch with in-store
-    pickup, say: customers without the app take it up for this), and DRIFT_ARCHETYPE's
-    purchase rates are multiplied by DRIFT_PURCHASE_FACTOR. Nothing else changes: totals stay
-    as they were outside that one archetype.
+    From ``drift_day`` on, the DRIFT_RESHUFFLED share of customers buy at the rates of their
+    ``donor`` (base, intent, web-researched and cart-recovery rates; browsing stays theirs);
+    then DRIFT_STORE_TO_APP of each customer's store browsing and store purchases (base,
+    intent and web-researched) move to the app (an app launch with in-store pickup, say:
+    customers without the app take it up for this), and DRIFT_ARCHETYPE's purchase rates are
+    multiplied by DRIFT_PURCHASE_FACTOR. Nothing else changes.
     """
     after = (np.arange(days) >= drift_day)[None, :]
     factor = _drift_purchase_factor(pop.arch[sl, None], np.arange(days)[None, :], drift_day)
     move = np.float32(DRIFT_STORE_TO_APP)
+    theirs = _block_rates(pop, donor[sl])
+
+    def switch(own: np.ndarray, new: np.ndarray) -> np.ndarray:
+        return np.where(after, new, own).astype(np.float32)
+
+    rates = _BlockRates(
+        browse=rates.browse,
+        buy=list(map(switch, rates.buy, theirs.buy)),
+        intent_buy=list(map(switch, rates.intent_buy, theirs.intent_buy)),
+        base_total=switch(rates.base_total, theirs.base_total),
+        web_to_store=switch(rates.web_to_store, theirs.web_to_store),
+        cart_recovery=switch(rates.cart_recovery, theirs.cart_recovery),
+    )
 
     def to_app(per_channel: list[np.ndarray], store: int, app: int) -> list[np.ndarray]:
         out = [np.broadcast_to(r, (len(r), days)).astype(np.float32) for r in per_channel]
@@ -1108,17 +1148,19 @@ def _simulate_block(
     att: _Attitudes,
     sink: _Sink,
     drift_day: int | None = None,
+    donor: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Latent state, truth and events of customers ``lo..hi``; returns (p_purchase, p_active).
 
-    ``drift_day`` (a day index) switches on the drift scenario from that day on: see
+    ``drift_day`` (a day index) switches on the drift scenario from that day on, ``donor``
+    (:func:`_purchase_donors`) saying whose purchase rates each customer then has: see
     :func:`_drifted_rates`.
     """
     B, D = hi - lo, cal.days
     sl = slice(lo, hi)
     rates = _block_rates(pop, sl)
     if drift_day is not None:
-        rates = _drifted_rates(pop, sl, rates, D, drift_day)
+        rates = _drifted_rates(pop, sl, rates, D, drift_day, donor)
     dd = np.arange(D, dtype=np.float32)[None, :]
     signup = pop.signup[sl, None]
     alive = (dd >= signup) & (dd < pop.churn[sl, None])
@@ -1212,6 +1254,7 @@ def _simulate_block(
             )
             email_buy = pop.email_buy[g]
             if drift_day is not None:
+                email_buy = np.where(d >= drift_day, pop.email_buy[donor[g]], email_buy)
                 email_buy = email_buy * _drift_purchase_factor(pop.arch[g], d, drift_day)
             buys = k[rng.random(k.size) < email_buy[k]]
             email_buys.append((g[buys], d[buys], t_click[buys]))

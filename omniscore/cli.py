@@ -136,7 +136,8 @@ def generate(
         str | None,
         typer.Option(
             help="Drift scenario from this UTC date (YYYY-MM-DD, inside the period): store "
-            "activity moves to the app and deal seekers buy half as often.",
+            "half the customers' purchase rates are reshuffled, store activity moves to the app "
+            "and deal seekers buy half as often.",
             show_default=False,
         ),
     ] = None,

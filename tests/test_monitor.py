@@ -113,8 +113,11 @@ def test_drift_is_flagged_within_three_weeks_and_the_backtest_auc_drops(drift_wo
     found = check_world(drift_world, TRAINED_UNTIL, tmp_path, models=PROOF_MODELS,
                         stop_at_first_alarm=True, snapshots=8)  # fmt: skip
     assert found["first_flagged"] is not None, found["figures_by_week"]
+    # The drift is a concept drift (half the customers' purchase rates are reshuffled): the
+    # champion trained before it loses AUC (measured 0.720 -> 0.645 on this world; cutoffs
+    # scatter by about 0.02 at 1,000 customers, hence the margin).
     before, after = auc_before_and_after(found["auc_by_cutoff"])
-    assert after < before, found["auc_by_cutoff"]
+    assert before - after >= 0.03, found["auc_by_cutoff"]
     # Cutoffs the version was fitted on are not backtested (they would flatter it).
     assert found["backtest_skipped_fitted_cutoffs"], found
     assert not set(found["backtest_skipped_fitted_cutoffs"]) & set(found["auc_by_cutoff"])
