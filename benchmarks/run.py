@@ -41,6 +41,13 @@ BENCHMARKS: dict[str, tuple[str, list[str], str]] = {
         ["--customers", "100000", "--days", "365"],
         "Feature build: target 10 M events, 26 weekly snapshots, 100k customers in < 2 min.",
     ),
+    "features_1m": (
+        "benchmarks.bench_features",
+        ["--customers", "1000000", "--days", "365", "--no-one-pass"],
+        "Feature build at 1M customers × 365 days (about 165M events), 26 weekly snapshots, "
+        "partitioned alone (the one-pass build cannot fit): targets peak RSS ≤ 8 GB and "
+        "≤ 12 minutes (issue 15).",
+    ),
     "features_10m": (
         "benchmarks.bench_features",
         ["--customers", "100000", "--days", "220"],
