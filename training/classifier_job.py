@@ -278,7 +278,7 @@ def train_classifier(
             run.log_artifacts(charts, "evaluation")
             # The monitor's reference: a sample of the test population, without ids. Its
             # labels let the monitor and the backtest recalibrate the probabilities before
-            # estimating the AUC without labels (training.monitor.reference_calibrator).
+            # estimating the AUC without labels (training.backtest.reference_recalibration).
             from training.monitor import write_reference
 
             reference = Path(tmp) / "reference"
