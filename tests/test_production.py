@@ -41,12 +41,14 @@ from feature_repo.feature_views import TTLS
 from omniscore.cli import app
 from omniscore.doctor import doctor, format_checks
 from training import tune
+from training.classifier_job import ClassifierData
 from training.distributed import (
     logged_trial_numbers,
     prepare_storage,
     start_worker,
     train_with_workers,
 )
+from training.labels import LabelSpec
 from training.registry import (
     GatePolicy,
     _point_challenger_at_newest,
@@ -355,31 +357,7 @@ def _study(url: str) -> optuna.Study:
 
 
 @pytest.mark.slow
-def test_three_workers_reach_the_trial_count_and_the_parent_run_shows_every_trial(
-    home, postgres_db, mlflow_db, tmp_path
-):
-    url = postgres_db()
-    settings = replace(home, optuna_storage=url, mlflow_tracking_uri=mlflow_db(tmp_path / "m.db"))
-    trials, workers = 9, 3
-    result = train_with_workers(settings, "segments", trials, workers, seed=11, register=False)
-    study = _study(url)  # exactly one study: every worker joined the same one
-    states = [t.state for t in study.trials]
-    finished = [t.number for t in study.trials if t.state in tune.FINISHED]
-    assert TrialState.RUNNING not in states
-    assert trials <= len(finished) <= trials + workers - 1
-    assert result.metrics["tuning_workers"] == workers
-    assert result.metrics["worker_failures"] == 0
-    assert result.metrics["trials_in_study"] == len(finished)
-    # Each process counts only the trials it ran, so the counts add up to the study's.
-    assert result.trials_run + result.metrics["worker_trials_run"] == len(finished)
-    client = _client(settings)
-    logged = logged_trial_numbers(client, result.experiment_id, result.run_id)
-    assert logged == set(finished)
-    assert client.get_run(result.run_id).data.tags["omniscore.tuning_workers"] == "3"
-
-
-@pytest.mark.slow
-def test_workers_join_the_study_of_train_with_its_data_options(
+def test_three_workers_join_the_study_of_train_with_its_data_options_and_log_every_trial(
     home, postgres_db, mlflow_db, tmp_path
 ):
     # A non-default horizon, cutoff count and minimum class count change the training rows,
@@ -387,20 +365,24 @@ def test_workers_join_the_study_of_train_with_its_data_options(
     # study. Four cutoffs also keep each LightGBM trial small.
     url = postgres_db()
     settings = replace(home, optuna_storage=url, mlflow_tracking_uri=mlflow_db(tmp_path / "m.db"))
-    trials = 6
+    trials, workers = 6, 3
     result = train_with_workers(
-        settings, "propensity", trials, workers=2, seed=23, register=False,
+        settings, "propensity", trials, workers, seed=23, register=False,
         horizon_days=21, min_class=20, n_cutoffs=4,
     )  # fmt: skip
-    assert result.metrics["worker_failures"] == 0
-    study = _study(url)  # exactly one study: the worker computed the same name
+    study = _study(url)  # exactly one study: every worker computed the same name and joined it
     assert study.study_name == result.study_name
+    assert all(t.state in tune.FINISHED for t in study.trials)  # none left RUNNING
     finished = {t.number for t in study.trials if t.state in tune.FINISHED}
-    assert all(t.state in tune.FINISHED for t in study.trials)
-    assert trials <= len(finished) <= trials + 1
+    assert trials <= len(finished) <= trials + workers - 1
+    assert result.metrics["tuning_workers"] == workers
+    assert result.metrics["worker_failures"] == 0
+    assert result.metrics["trials_in_study"] == len(finished)
+    # Each process counts only the trials it ran, so the counts add up to the study's.
     assert result.trials_run + result.metrics["worker_trials_run"] == len(finished)
     client = _client(settings)
     run = client.get_run(result.run_id)
+    assert run.data.tags["omniscore.tuning_workers"] == str(workers)
     assert run.data.params["horizon_days"] == "21" and run.data.params["min_class"] == "20"
     assert run.data.params["n_cutoffs"] == "4"
     assert "[T, T+21d)" in run.data.tags["omniscore.label_definition"]
@@ -409,7 +391,12 @@ def test_workers_join_the_study_of_train_with_its_data_options(
 
 
 @pytest.mark.slow
-def test_tune_worker_command_brings_the_study_to_the_trial_count(home, postgres_db, monkeypatch):
+def test_tune_worker_command_with_the_options_of_train_fills_the_study_train_then_finds(
+    copy_world, postgres_db, monkeypatch, tmp_path
+):
+    # `train` and `tune-worker` parse the data options with one helper: the workers, started
+    # first, bring the study to the trial count, and train then finds it complete.
+    home = copy_world(tmp_path / "home")
     secret = "pg-s3cret-of-the-tune-worker"  # trust auth ignores it; it must not be printed
     url = postgres_db().replace("postgres@", f"postgres:{secret}@", 1)
     for name, value in {
@@ -422,14 +409,33 @@ def test_tune_worker_command_brings_the_study_to_the_trial_count(home, postgres_
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("OMNISCORE_PROFILE", raising=False)
     runner = CliRunner()
-    trials = 5
-    command = ["tune-worker", "segments", "--trials", str(trials), "--workers", "2", "--seed", "29"]
-    out = runner.invoke(app, command)
+    trials = 3
+    options = ["--seed", "5", "--trials", str(trials), "--horizon-days", "30",
+               "--min-class", "20", "--cutoffs", "3", "--churn-lookback-days", "45"]  # fmt: skip
+    out = runner.invoke(app, ["tune-worker", "churn", *options, "--workers", "2"])
     assert out.exit_code == 0, out.output
     assert secret not in out.output and "postgres:***@127.0.0.1" in out.output
-    finished = [t for t in _study(url).trials if t.state in tune.FINISHED]
+    study = _study(url)
+    finished = [t for t in study.trials if t.state in tune.FINISHED]
     assert trials <= len(finished) <= trials + 1
     assert f"(total {len(finished)})" in out.output
+
+    trained = runner.invoke(app, ["train", "churn", *options])
+    assert trained.exit_code == 0, trained.output
+    assert secret not in trained.output
+    # Still one study: the training job found the workers' trials there and ran none.
+    (summary,) = optuna.get_all_study_summaries(tune.storage_for(url, heartbeat=None))
+    assert summary.study_name == study.study_name and summary.n_trials == len(study.trials)
+    client = MlflowClient(tracking_uri=home.tracking_uri)
+    experiment = client.get_experiment_by_name("omniscore").experiment_id
+    (run,) = client.search_runs([experiment], "tags.`omniscore.model` = 'churn'")
+    assert run.data.tags["omniscore.optuna_study"] == study.study_name
+    assert run.data.metrics["trials_run"] == 0
+    assert run.data.params["n_cutoffs"] == "3" and run.data.params["active_lookback_days"] == "45"
+    # Left on the default label, a worker would tune another study.
+    default = ClassifierData.build(home, "churn", LabelSpec.default("churn"), 3, 20)
+    assert default.study_name(5) != study.study_name
+
     # No class has 100,000 examples in the small home: the worker refuses to tune, and the
     # command fails.
     failed = runner.invoke(
