@@ -129,7 +129,7 @@ def check_world(
             model: {key: (round(v, 4) if isinstance(v, float) else v) for key, v in f.items()
                     if key in ("feature_drift_share", "score_psi", "expected_auc_drop",
                                "segment_share_shift", "refit_ari", "refit_ari_reference",
-                               "rows_current")}
+                               "rows_current", "group_alarms")}
             for model, f in result.models.items()
         }  # fmt: skip
         if stop_at_first_alarm and result.alarms:

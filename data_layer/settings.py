@@ -47,6 +47,7 @@ ENV_VARS: dict[str, str] = {
     "score_log": "OMNISCORE_SCORE_LOG",
     "score_log_retention_days": "OMNISCORE_SCORE_LOG_RETENTION_DAYS",
     "monitor_feature_drift_share": "OMNISCORE_MONITOR_FEATURE_DRIFT_SHARE",
+    "monitor_group_drift_ratio": "OMNISCORE_MONITOR_GROUP_DRIFT_RATIO",
     "monitor_score_psi": "OMNISCORE_MONITOR_SCORE_PSI",
     "monitor_segment_share_shift": "OMNISCORE_MONITOR_SEGMENT_SHARE_SHIFT",
     "monitor_segment_ari": "OMNISCORE_MONITOR_SEGMENT_ARI",
@@ -82,6 +83,7 @@ _INT_SETTINGS = frozenset(
 _FLOAT_SETTINGS = frozenset(
     {
         "monitor_feature_drift_share",
+        "monitor_group_drift_ratio",
         "monitor_score_psi",
         "monitor_segment_share_shift",
         "monitor_segment_ari",
@@ -224,6 +226,12 @@ class Settings:
     monitor_feature_drift_share: float = 0.3
     """``omniscore monitor`` alarm: share of a model's features that drifted (Evidently's
     per-column test) above which feature drift is flagged."""
+    monitor_group_drift_ratio: float = 2.0
+    """Alarm: a signal family and channel (``channel_activity/store``) of at least three
+    features, at least half of them drifted, whose mean distance from the reference is at
+    least this many times its mean seasonal range (what its features moved by themselves
+    before the reference). One channel moving alone is flagged even when it is a small share
+    of a model's features."""
     monitor_score_psi: float = 0.2
     """Alarm: population stability index of the scores against the training reference."""
     monitor_segment_share_shift: float = 0.1

@@ -9,7 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.monitor import feature_drift, psi, write_reference
+from training.monitor import (
+    drifted_groups,
+    feature_drift,
+    history_cutoffs,
+    psi,
+    write_reference,
+)
 
 
 def test_psi_is_zero_on_the_same_population_and_grows_with_a_shift():
@@ -40,6 +46,47 @@ def test_feature_drift_is_grouped_by_signal_family_and_channel():
     groups = drift["groups"].set_index(["family", "channel"])
     assert groups.loc[("channel_activity", "store"), "drifted"] == 1
     assert groups.loc[("channel_activity", "app"), "drifted"] == 1
+
+
+def test_a_channel_that_moves_as_a_whole_is_flagged_and_a_campaign_channel_is_not():
+    rng = np.random.default_rng(2)
+    n = 3000
+    windows = ("events_7d", "active_days_7d", "events_30d", "active_days_30d")
+
+    def frame(store: float, sms: float) -> pd.DataFrame:
+        columns = {f"store_{w}": rng.poisson(store, n) for w in windows}
+        columns |= {f"sms_{w}": rng.poisson(sms, n) for w in windows}
+        return pd.DataFrame(columns).astype(float)
+
+    reference = frame(store=3, sms=1)
+    # Before the reference the store was steady, and an SMS campaign moved the SMS counts.
+    history = [frame(store=3, sms=1), frame(store=3, sms=3)]
+    current = frame(store=1, sms=3)  # the store's visits fell; another campaign week
+    drift = feature_drift(reference, current, list(reference.columns), history)
+    groups = drift["groups"].set_index(["family", "channel"])
+    store = groups.loc[("channel_activity", "store")]
+    assert store["drifted"] == 4 and store["seasonal_ratio"] > 5
+    # The SMS counts moved as far as the campaign once moved them: a feature or two may edge
+    # past its seasonal range by chance, the group as a whole does not.
+    assert groups.loc[("channel_activity", "sms"), "seasonal_ratio"] < 1.2
+    (alarm,) = drifted_groups(drift["groups"], ratio=2.0)
+    assert alarm.startswith("channel_activity/store (4 of 4 features")
+    # Without history there is nothing to compare with: no group alarm, only the share.
+    alone = feature_drift(reference, current, list(reference.columns))
+    assert alone["groups"]["seasonal_ratio"].isna().all()
+    assert drifted_groups(alone["groups"], ratio=2.0) == []
+
+
+def test_the_seasonal_range_looks_back_week_to_week_and_over_the_same_span():
+    weeks = list(pd.date_range("2026-01-05", periods=20, freq="7D", tz="UTC"))
+    anchor = weeks[12]
+    # Current 5 weeks after the reference: the 3 weeks before it, and 4 to 6 weeks before it.
+    assert history_cutoffs(weeks, anchor, weeks[17]) == [weeks[i] for i in (6, 7, 8, 9, 10, 11)]
+    # One week after: the spans overlap the week-to-week ones.
+    assert history_cutoffs(weeks, anchor, weeks[13]) == [weeks[i] for i in (9, 10, 11)]
+    # Never a snapshot at or after the reference's, and none before the first.
+    assert history_cutoffs(weeks, weeks[2], weeks[19]) == [weeks[0], weeks[1]]
+    assert history_cutoffs(weeks, anchor, weeks[5]) == [weeks[i] for i in (9, 10, 11)]
 
 
 def test_the_reference_sample_holds_no_customer_id(tmp_path):

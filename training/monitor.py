@@ -11,7 +11,9 @@ with the champions and compares:
   distance for numbers, Jensen-Shannon for categories, each with its default threshold of
   0.1), grouped by signal family (the feature view) and channel, so the report says
   "transactional / store drifted" rather than listing a hundred numbers; flagged when the
-  share of drifted features exceeds ``monitor_feature_drift_share``;
+  share of drifted features exceeds ``monitor_feature_drift_share``, or when one such group
+  moved as a whole, well beyond what it moves by itself (:func:`drifted_groups`,
+  ``monitor_group_drift_ratio``): a channel is a small share of a model's features;
 - **score drift**: the population stability index (PSI) of the probabilities over the
   reference's deciles, and the share of customers per band; flagged above
   ``monitor_score_psi``;
@@ -198,10 +200,11 @@ def feature_drift(
     A feature drifted when its distance (:func:`feature_distance`) is at least
     :data:`DRIFT_THRESHOLD`, above its noise floor (:func:`noise_floor`: a small sample moves
     by chance), and above its **seasonal range**: the largest distance between the reference
-    and each of the ``history`` frames (the same population at the snapshots just before the
-    reference's). A feature that moves that much from week to week before any drift (the
-    weekly count of a channel the business pushes campaigns on) is not flagged for moving
-    as much after.
+    and each of the ``history`` frames (the same population at snapshots before the
+    reference's, :func:`history_cutoffs`). A feature that moves that much from week to week
+    before any drift (the weekly count of a channel the business pushes campaigns on), or over
+    as many weeks as separate the reference from the current population (a count that grows
+    as customers age), is not flagged for moving as much after.
     """
     history = history or []
     rng = np.random.default_rng(seed)
@@ -246,11 +249,15 @@ def feature_drift(
     by_group = (
         table.groupby(["family", "channel"])
         .agg(features=("feature", "size"), drifted=("drifted", "sum"),
-             mean_distance=("distance", "mean"))
+             mean_distance=("distance", "mean"), mean_seasonal_range=("seasonal_range", "mean"))
         .reset_index()
         .sort_values(["drifted", "mean_distance"], ascending=False)
     )  # fmt: skip
     by_group["drifted_share"] = by_group["drifted"] / by_group["features"]
+    # How many times what it moved by itself before the reference the group moved now
+    # (undefined without history: nothing to compare with).
+    seasonal = by_group["mean_seasonal_range"].where(by_group["mean_seasonal_range"] > 0)
+    by_group["seasonal_ratio"] = by_group["mean_distance"] / seasonal if history else np.nan
     share = float(table["drifted"].mean()) if len(table) else 0.0
     return {"share": share, "features": table, "groups": by_group}
 
@@ -312,7 +319,24 @@ def current_frame(
 
 
 HISTORY_SNAPSHOTS = 3
-"""Weekly snapshots before the reference's that give each feature its seasonal range."""
+"""Weekly snapshots just before the reference's that give each feature its seasonal range."""
+
+
+def history_cutoffs(
+    cutoffs: list[pd.Timestamp], anchor: pd.Timestamp, current: pd.Timestamp
+) -> list[pd.Timestamp]:
+    """The snapshots before the reference's (``anchor``) that each feature's seasonal range is
+    measured against: the :data:`HISTORY_SNAPSHOTS` just before it (week-to-week movement), and
+    those as many snapshots before it as ``current`` is after it, give or take one (movement
+    over the same span: customers age and windows roll over the weeks between the reference
+    and the current population, drift or none)."""
+    before = [t for t in cutoffs if t < anchor]
+    span = sum(1 for t in cutoffs if anchor < t <= current)
+    picked = set(before[-HISTORY_SNAPSHOTS:])
+    for back in (span - 1, span, span + 1):
+        if 1 <= back <= len(before):
+            picked.add(before[-back])
+    return sorted(picked)
 
 
 def reference_cutoff(loaded) -> pd.Timestamp | None:
@@ -329,15 +353,16 @@ def population_now_and_before(
     settings: Settings, model: str, loaded, cutoff: pd.Timestamp
 ) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
     """The model's population at ``cutoff`` (the current one, at most CURRENT_ROWS) and at
-    the :data:`HISTORY_SNAPSHOTS` weekly snapshots before the reference's (each sampled to
-    REFERENCE_ROWS): how much each feature moves from week to week with no drift. No history
-    when the version records no cutoff or its snapshots are gone."""
+    the snapshots before the reference's that :func:`history_cutoffs` picks (each sampled to
+    REFERENCE_ROWS): how much each feature moves with no drift, from week to week and over
+    as many weeks as separate the reference from ``cutoff``. No history when the version
+    records no cutoff or its snapshots are gone."""
     from training.datasets import snapshot_cutoffs
 
     anchor = reference_cutoff(loaded)
     before = []
     if anchor is not None:
-        before = [t for t in snapshot_cutoffs(settings) if t < anchor][-HISTORY_SNAPSHOTS:]
+        before = history_cutoffs(snapshot_cutoffs(settings), anchor, cutoff)
     frames = snapshot_frames(
         settings, model, [*before, cutoff], [REFERENCE_ROWS] * len(before) + [CURRENT_ROWS]
     )
@@ -436,6 +461,7 @@ def monitor_classifier(settings: Settings, model: str, cutoff, client, result) -
         "drifted_groups": [
             f"{r.family}/{r.channel}" for r in drift["groups"].itertuples() if r.drifted > 0
         ],
+        "group_alarms": drifted_groups(drift["groups"], settings.monitor_group_drift_ratio),
         "score_psi": psi(p_ref, p_cur),
         "band_share_reference": bands["reference"].round(4).to_dict(),
         "band_share_current": bands["current"].round(4).to_dict(),
@@ -459,6 +485,7 @@ def monitor_classifier(settings: Settings, model: str, cutoff, client, result) -
         ("expected AUC drop", figures["expected_auc_drop"], s.monitor_expected_auc_drop, ">"),
     )
     _check(result, model, checks, figures["drifted_groups"])
+    _group_alarms(result, model, figures["group_alarms"])
 
 
 def monitor_segments(settings: Settings, model: str, cutoff, client, result) -> None:
@@ -506,6 +533,7 @@ def monitor_segments(settings: Settings, model: str, cutoff, client, result) -> 
         "drifted_groups": [
             f"{r.family}/{r.channel}" for r in drift["groups"].itertuples() if r.drifted > 0
         ],
+        "group_alarms": drifted_groups(drift["groups"], settings.monitor_group_drift_ratio),
         "segment_share_shift": float((shares["current"] - shares["reference"]).abs().max()),
         "refit_ari": ari,
         "refit_ari_reference": ari_reference,
@@ -529,6 +557,34 @@ def monitor_segments(settings: Settings, model: str, cutoff, client, result) -> 
         ("re-fit ARI", ari, s.monitor_segment_ari * ari_reference, "<"),
     )
     _check(result, model, checks, figures["drifted_groups"])
+    _group_alarms(result, model, figures["group_alarms"])
+
+
+GROUP_MIN_FEATURES = 3
+"""A signal family and channel needs this many features for the group alarm."""
+
+
+def drifted_groups(groups: pd.DataFrame, ratio: float) -> list[str]:
+    """The (family, channel) groups that moved as a whole: at least
+    :data:`GROUP_MIN_FEATURES` features, at least half of them drifted, and a mean distance at
+    least ``ratio`` times their mean seasonal range (``monitor_group_drift_ratio``). A channel
+    a campaign moves every few weeks has a wide seasonal range and needs a larger move; one
+    that never moves by itself (the store's weekly visits) is flagged when it does."""
+    hit = groups[
+        (groups["features"] >= GROUP_MIN_FEATURES)
+        & (groups["drifted_share"] >= 0.5)
+        & (groups["seasonal_ratio"] >= ratio)
+    ]
+    return [
+        f"{r.family}/{r.channel} ({r.drifted} of {r.features} features, "
+        f"{r.seasonal_ratio:.1f}x its seasonal range)"
+        for r in hit.itertuples()
+    ]
+
+
+def _group_alarms(result: MonitorResult, model: str, groups: list[str]) -> None:
+    for group in groups:
+        result.alarms.append(f"{model}: feature group drifted: {group}")
 
 
 def _check(result: MonitorResult, model: str, checks, groups: list[str]) -> None:
