@@ -85,7 +85,7 @@ def _alias(settings, alias: str) -> str:
 
 def test_promotion_gate_force_and_rollback(home):
     client = _client(home)
-    first = train_model(home, "propensity", trials=2, seed=5, min_class=20, n_cutoffs=4)
+    first = train_model(home, "propensity", trials=1, seed=5, min_class=20, n_cutoffs=4)
     decision = promote(home, "propensity", policy=POLICY)
     assert decision.promoted and decision.previous_champion is None
     assert "first version" in decision.reason
@@ -116,7 +116,7 @@ def test_promotion_gate_force_and_rollback(home):
     assert _alias(home, "champion") == "1"
     assert client.get_model_version(NAME, worse).tags["rollback.restored_version"] == "1"
 
-    better = train_model(home, "propensity", trials=2, seed=5, min_class=20, n_cutoffs=4)
+    better = train_model(home, "propensity", trials=1, seed=5, min_class=20, n_cutoffs=4)
     assert better.version == "3" and _alias(home, "challenger") == "3"
     promoted = promote(home, "propensity", policy=POLICY)
     assert promoted.promoted and not promoted.forced and promoted.previous_champion == "1"

@@ -156,7 +156,7 @@ def test_artifacts_land_under_the_configured_artifact_root(home, tmp_path, mlflo
         "MLFLOW_TRACKING_URI": mlflow_db(tmp_path / "mlflow.db"),
     }
     settings = Settings.from_env(home.home, env=env)
-    result = train_model(settings, "segments", trials=2, seed=3, storage_url=MEMORY_STORAGE)
+    result = train_model(settings, "segments", trials=1, seed=3, storage_url=MEMORY_STORAGE)
     client = _client(settings)
     assert client.get_experiment(result.experiment_id).artifact_location == shared.as_uri()
     run = client.get_run(result.run_id)
