@@ -34,7 +34,8 @@ demo: install ## Run the main job on the embedded stores: generate → features 
 # Tiers (tests/conftest.py): unit, integration (real Feast, MLflow, HTTP), slow (trains or
 # runs a whole command). The slowest tests are listed after each run.
 TEST_WORKERS ?= 2
-PYTEST := OMNISCORE_LGBM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+PYTEST := OMNISCORE_LGBM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile \
+	--no-loadscope-reorder
 # OmniScore's own modules, compiled once rather than in every process the tests start.
 SOURCES := data_layer feature_repo training serving omniscore benchmarks
 COMPILE := $(BIN)/python -m compileall -q $(SOURCES) && $(BIN)/python -O -m compileall -q $(SOURCES)

@@ -341,27 +341,31 @@ def serving_home(copy_world, tmp_path_factory) -> Settings:
 
 # --- test order ---------------------------------------------------------------------------------
 SLOWEST_MODULES = (
-    "test_spark.py",
-    "test_training_e2e.py",
-    "test_production.py",
     "test_notebooks.py",
-    "test_training_contract.py",
-    "test_forget.py",
-    "test_monitor.py",
-    "test_live_service.py",
-    "test_registry.py",
+    "test_production.py",
     "test_serving_api.py",
-    "test_http_contract.py",
-    "test_triggers.py",
+    "test_forget.py",
     "test_demo.py",
-    "test_ui.py",
+    "test_spark.py",
+    "test_live_service.py",
+    "test_monitor.py",
+    "test_triggers.py",
+    "test_registry.py",
+    "test_training_e2e.py",
     "test_mlproject.py",
+    "test_http_contract.py",
+    "test_features.py",
+    "test_ui.py",
+    "test_live_cache.py",
+    "test_training_data.py",
+    "test_feast_store.py",
 )
 """Modules that take longest (``--durations`` of a whole run), slowest first."""
 
 
 def pytest_collection_modifyitems(config, items) -> None:
     """Run the slowest modules first: ``make test``'s two xdist workers each take whole
-    modules in this order, so neither is left alone with a long module started last."""
+    modules in this order (``--no-loadscope-reorder``: xdist would otherwise reorder them by
+    their number of tests), so neither is left alone with a long module started last."""
     rank = {name: i for i, name in enumerate(SLOWEST_MODULES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
