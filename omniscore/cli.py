@@ -135,8 +135,8 @@ def generate(
     drift_at: Annotated[
         str | None,
         typer.Option(
-            help="Drift scenario from this UTC date (YYYY-MM-DD, inside the period): store "
-            "half the customers' purchase rates are reshuffled, store activity moves to the app "
+            help="Drift scenario from this UTC date (YYYY-MM-DD, inside the period): half the "
+            "customers' purchase rates are reshuffled, store activity moves to the app "
             "and deal seekers buy half as often.",
             show_default=False,
         ),

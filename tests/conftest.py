@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,9 @@ from feature_repo.data_sources import snapshot_path, snapshot_schema
 # decorators are a no-op under -O, 3 s less at each start. pytest itself was started without it,
 # and rewrites the tests' asserts anyway; ruff's S101 keeps assert out of OmniScore's code.
 os.environ.setdefault("PYTHONOPTIMIZE", "1")
+
+SERVER_PATH = re.compile(r"(?:/[\w.@+-]+){2,}")
+"""Two or more path segments: what a leaked server path looks like in an HTTP answer."""
 
 # --- hand-made feature snapshots (tests/test_feast_store.py) ----------------------------------
 
@@ -360,7 +364,7 @@ SLOWEST_MODULES = (
     "test_training_data.py",
     "test_feast_store.py",
 )
-"""Modules that take longest (``--durations`` of a whole run), slowest first."""
+"""Modules that take longest (a per-worker timeline of a whole run), slowest first."""
 
 
 def pytest_collection_modifyitems(config, items) -> None:

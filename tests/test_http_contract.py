@@ -3,8 +3,8 @@ publishes at ``/docs.json``, error responses included, and none names a server p
 
 The pure parts first (the document's corrections, error-body rewriting, path redaction), then
 a real ``bentoml serve`` subprocess with an API key on a private copy of ``serving_home``
-(conftest.py: small real models registered and promoted), a copy because the last test
-removes its online store. schemathesis reads the served document and fuzzes every operation
+(conftest.py: small real models registered and promoted). The online store's failure is
+tested in test_serving_api.py. schemathesis reads the served document and fuzzes every operation
 it lists, with all 14 of its checks, so endpoints added later are covered without changing
 this file.
 """
@@ -17,6 +17,7 @@ import re
 import httpx
 import pytest
 import schemathesis
+from conftest import SERVER_PATH
 from hypothesis import HealthCheck, settings
 from schemathesis.config import SchemathesisConfig
 from training_home import copy_home
@@ -31,7 +32,6 @@ MAX_IDS = 20
 """A small cap keeps fuzzed /score requests (up to MAX_IDS ids, explained) cheap."""
 MAX_EXAMPLES = 25
 """Fuzzed cases per operation, on top of schemathesis's examples and coverage phases."""
-SERVER_PATH = re.compile(r"(?:/[\w.@+-]+){2,}")
 UNDOCUMENTED_METHODS = ("TRACE", "PUT", "DELETE", "PATCH", "OPTIONS")
 
 

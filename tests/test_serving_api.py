@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import shutil
 import socket
 import threading
@@ -27,6 +26,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from conftest import SERVER_PATH
 from training_home import copy_home, train_and_promote
 
 from data_layer.feast_store import apply, feature_store, materialize, online_features
@@ -40,8 +40,6 @@ from training.model_io import load_champion
 pytestmark = pytest.mark.slow
 API_KEY = "test-key-0123456789abcdef"
 IDS = [f"C{i:06d}" for i in range(1, 41)]
-SERVER_PATH = re.compile(r"(?:/[\w.@+-]+){2,}")
-"""Two or more path segments: what a leaked server path looks like in a response."""
 UNKNOWN = "not-a-customer-7"
 
 
