@@ -232,8 +232,8 @@ def _set_alias_checked(client, name: str, alias: str, version: str) -> None:
     now = _alias_version(client, name, alias)
     if not written or now != str(version):
         raise RuntimeError(
-            f"alias {alias} of {name} was moved to version {now} by another writer right after "
-            f"this process set it to {version}; nothing was retried: check "
+            f"alias {alias} of {name} was moved to version {now} by another writer while this "
+            f"process set it to {version}; nothing was retried: check "
             f"`omniscore promote`/`rollback` runs in progress, then run this command again"
         )
 
