@@ -1,20 +1,27 @@
 """Build a Bento of the scoring service that pins the model versions it was built with.
 
-:func:`build_bento` reads the registry's current ``champion`` versions, writes them to
-``serving/pinned_models.json`` (which ``bentofile.yaml`` includes), runs ``bentoml build``
-and removes the file again from the working tree. A service started from that Bento loads
-exactly those versions from the configured registry (and their SHA-256 is checked as
-always) instead of following the alias.
+:func:`build_bento` reads the registry's current ``champion`` versions, copies the files
+``bentofile.yaml`` includes into a staging directory, writes the versions there as
+``serving/pinned_models.json`` and runs ``bentoml build`` on that copy. The working tree is
+never written, so a build cannot disturb a server or a test started from the checkout, and
+two builds can run at once. A service started from that Bento loads exactly those versions
+from the configured registry (and their SHA-256 is checked as always) instead of following
+the alias.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
 
 from data_layer.settings import Settings
 from serving.config import PINNED_MODELS_FILE
@@ -39,6 +46,20 @@ def pins(settings: Settings) -> dict:
     }
 
 
+def stage_build_context(staging: Path, content: dict) -> None:
+    """Copy what ``bentofile.yaml`` includes into ``staging`` and write the pin file there."""
+    bentofile = REPO_ROOT / "bentofile.yaml"
+    patterns = yaml.safe_load(bentofile.read_text())["include"]
+    shutil.copy2(bentofile, staging / bentofile.name)
+    for pattern in patterns:
+        for source in REPO_ROOT.glob(pattern):
+            target = staging / source.relative_to(REPO_ROOT)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    pin_file = staging / PINNED_MODELS_FILE.relative_to(REPO_ROOT)
+    pin_file.write_text(json.dumps(content, indent=1, sort_keys=True))
+
+
 def build_bento(settings: Settings, bentoml_home: str | None = None) -> BentoBuild:
     """``bentoml build`` with the champion versions pinned; returns the Bento's tag.
 
@@ -47,25 +68,18 @@ def build_bento(settings: Settings, bentoml_home: str | None = None) -> BentoBui
     """
     content = pins(settings)
     versions = content["versions"]
-    if PINNED_MODELS_FILE.exists():
-        raise FileExistsError(f"{PINNED_MODELS_FILE} exists: another build is running?")
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "OMNISCORE_HOME": str(settings.home)}
     env["MLFLOW_TRACKING_URI"] = settings.tracking_uri
-    # `bentoml build` imports the service from this checkout, where an unnamed pin file is
-    # refused (ServeConfig.from_env): name it, as a deliberate pin.
-    env["OMNISCORE_PINNED_MODELS"] = str(PINNED_MODELS_FILE)
     if bentoml_home:
         env["BENTOML_HOME"] = bentoml_home
-    command = [sys.executable, "-m", "bentoml", "build", str(REPO_ROOT), "-o", "tag"]
-    for model, version in versions.items():
-        command += ["--label", f"{model}_version={version}"]
-    PINNED_MODELS_FILE.write_text(json.dumps(content, indent=1, sort_keys=True))
-    try:
+    with tempfile.TemporaryDirectory(prefix="omniscore-bento-") as staging:
+        stage_build_context(Path(staging), content)
+        command = [sys.executable, "-m", "bentoml", "build", staging, "-o", "tag"]
+        for model, version in versions.items():
+            command += ["--label", f"{model}_version={version}"]
         done = subprocess.run(
-            command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900
+            command, cwd=staging, env=env, capture_output=True, text=True, timeout=900
         )
-    finally:
-        PINNED_MODELS_FILE.unlink(missing_ok=True)
     if done.returncode != 0:
         raise RuntimeError(f"bentoml build failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
     tag = done.stdout.strip().splitlines()[-1].strip()

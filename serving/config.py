@@ -57,6 +57,23 @@ def startup_config() -> ServeConfig:
         raise SystemExit(2) from None
 
 
+def bundled_pins(pin_file: Path = PINNED_MODELS_FILE) -> str | None:
+    """The pin file a built Bento carries, or None when there is none.
+
+    Inside a built Bento the pin file is the build's promise. In a source checkout (a ``.git``
+    beside ``serving/``) it can only be a leftover, since :func:`serving.bento.build_bento`
+    writes it into a staging copy, and silently serving old versions would hide that: refused.
+    """
+    if not pin_file.exists():
+        return None
+    if (pin_file.parents[1] / ".git").exists():
+        raise ServeConfigError(
+            "serving/pinned_models.json is in the source checkout (left by a Bento "
+            "build?): remove it, or name it in OMNISCORE_PINNED_MODELS to pin on purpose"
+        )
+    return str(pin_file)
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     """How the scoring service behaves.
@@ -116,15 +133,8 @@ class ServeConfig:
                 ) from exc
 
         pinned = get("pinned_models", str)
-        if pinned is None and PINNED_MODELS_FILE.exists():
-            # Inside a built Bento the pin file is the build's promise; in a source checkout it
-            # can only be a leftover, and silently serving old versions would hide that.
-            if (PINNED_MODELS_FILE.parents[1] / ".git").exists():
-                raise ServeConfigError(
-                    "serving/pinned_models.json is in the source checkout (left by a Bento "
-                    "build?): remove it, or name it in OMNISCORE_PINNED_MODELS to pin on purpose"
-                )
-            pinned = str(PINNED_MODELS_FILE)
+        if pinned is None:
+            pinned = bundled_pins()
         config = cls(
             api_key=get("api_key", str),
             admin_key=get("admin_key", str),

@@ -406,13 +406,34 @@ def test_over_the_concurrency_limit_answers_429_at_once(server):
 def test_bento_build_pins_the_champion_versions(home, tmp_path):
     from serving.bento import build_bento
 
-    built = build_bento(home, bentoml_home=str(tmp_path / "bentoml"))
-    pinned = json.loads((Path(built.path) / "src" / "serving" / "pinned_models.json").read_text())
+    # The build must never write the checkout: servers other test workers start from it at the
+    # same time refuse a pin file found there. Watched for the whole build, not only after it.
+    seen_in_checkout: list[bool] = []
+    building = threading.Event()
+
+    def watch() -> None:
+        while building.is_set():
+            seen_in_checkout.append(PINNED_MODELS_FILE.exists())
+            time.sleep(0.01)
+
+    building.set()
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        built = build_bento(home, bentoml_home=str(tmp_path / "bentoml"))
+    finally:
+        building.clear()
+        watcher.join()
+    assert len(seen_in_checkout) > 10 and not any(seen_in_checkout)
+    source = Path(built.path) / "src"
+    pinned = json.loads((source / "serving" / "pinned_models.json").read_text())
     champions = {m: load_champion(home, m).version for m in ("propensity", "churn", "segments")}
     assert pinned["versions"] == built.versions == champions
     manifest = (Path(built.path) / "bento.yaml").read_text()
     assert f"churn_version: '{champions['churn']}'" in manifest
-    assert not PINNED_MODELS_FILE.exists(), "the pin file must not stay in the working tree"
+    for module in ("serving/service.py", "data_layer/settings.py", "feature_repo/entities.py"):
+        assert (source / module).is_file(), f"{module} is missing from the Bento"
+    assert not (source / "tests").exists()
 
 
 # --- hot reload -----------------------------------------------------------------------------

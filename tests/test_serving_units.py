@@ -44,17 +44,20 @@ def test_the_server_runs_optimized_unless_told_otherwise(tmp_path):
 
 
 def test_a_pin_file_left_in_the_checkout_is_refused_not_silently_served(tmp_path):
-    from serving.config import PINNED_MODELS_FILE, ServeConfigError
+    # A copy of the layout, not the real checkout: a pin file written there would be refused by
+    # every server another test worker starts meanwhile.
+    from serving.config import ServeConfigError, bundled_pins
 
-    assert not PINNED_MODELS_FILE.exists()
-    PINNED_MODELS_FILE.write_text('{"versions": {"propensity": "1"}}')
-    try:
-        with pytest.raises(ServeConfigError, match="OMNISCORE_PINNED_MODELS"):
-            ServeConfig.from_env({})
-        named = ServeConfig.from_env({"OMNISCORE_PINNED_MODELS": str(PINNED_MODELS_FILE)})
-        assert named.pinned_models == str(PINNED_MODELS_FILE)
-    finally:
-        PINNED_MODELS_FILE.unlink()
+    pin_file = tmp_path / "serving" / "pinned_models.json"
+    assert bundled_pins(pin_file) is None
+    pin_file.parent.mkdir()
+    pin_file.write_text('{"versions": {"propensity": "1"}}')
+    assert bundled_pins(pin_file) == str(pin_file), "a built Bento (no .git) serves its pins"
+    (tmp_path / ".git").mkdir()
+    with pytest.raises(ServeConfigError, match="OMNISCORE_PINNED_MODELS"):
+        bundled_pins(pin_file)
+    named = ServeConfig.from_env({"OMNISCORE_PINNED_MODELS": str(pin_file)})
+    assert named.pinned_models == str(pin_file)
     assert ServeConfig.from_env({}).pinned_models is None
 
 
